@@ -1,0 +1,114 @@
+//! Request extractors shared by the handlers: JSON/query with problem+json
+//! rejections, the authenticated actor, and `If-Match` versions.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::Actor;
+
+/// Name of the UI session cookie.
+pub const SESSION_COOKIE: &str = "linkmesh_session";
+
+/// `axum::Json` whose rejections are problem+json.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Query` whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// `axum::extract::Path` whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// Pagination parameters of every list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    pub limit: Option<usize>,
+}
+
+/// The caller: an API token (`Authorization: Bearer lma_…`) or a UI session
+/// cookie. Routes without this extractor are public.
+pub struct Auth(pub Actor);
+
+impl FromRequestParts<Arc<AppState>> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        if let Some(bearer) = bearer_token(&parts.headers) {
+            return Ok(Auth(state.domain.authenticate_api_token(bearer).await?));
+        }
+        if let Some(cookie) = cookie_value(&parts.headers, SESSION_COOKIE) {
+            return Ok(Auth(state.domain.authenticate_session(cookie).await?));
+        }
+        Err(ApiError::unauthenticated("log in, or send an API token as `Authorization: Bearer <token>`"))
+    }
+}
+
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The version a read-modify-write is based on: `If-Match: "<version>"`.
+pub struct IfMatch(pub Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(v) = parts.headers.get(header::IF_MATCH) else { return Ok(IfMatch(None)) };
+        let s = v.to_str().unwrap_or("").trim();
+        let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
+        s.parse::<u64>()
+            .map(|v| IfMatch(Some(v)))
+            .map_err(|_| ApiError::bad_request("If-Match must be the quoted version of the record, e.g. \"3\""))
+    }
+}
+
+impl IfMatch {
+    /// Combine with a `version` field of the body; both given must agree.
+    pub fn or_body(self, body: Option<u64>) -> Result<Option<u64>, ApiError> {
+        match (self.0, body) {
+            (Some(h), Some(b)) if h != b => Err(ApiError::bad_request("If-Match and the body's version disagree")),
+            (h, b) => Ok(h.or(b)),
+        }
+    }
+}
+
+/// A JSON response carrying the record's version as its `ETag`.
+pub fn with_etag<T: Serialize>(version: u64, body: T) -> Response {
+    let mut resp = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}

@@ -1,0 +1,63 @@
+//! Liveness, readiness and Prometheus metrics (unauthenticated, as probes
+//! and scrapers expect; they reveal no fleet data).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub instance: String,
+    pub version: String,
+    /// Why the instance is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz(State(s): State<Arc<AppState>>) -> Json<Health> {
+    Json(Health { status: "ok".into(), instance: s.instance.clone(), version: env!("CARGO_PKG_VERSION").into(), reason: None })
+}
+
+/// The instance can serve: the store answers (within 2 s).
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
+    let reason = match tokio::time::timeout(Duration::from_secs(2), s.domain.store().ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("store: {e}")),
+        Err(_) => Some("store: no answer within 2 s".into()),
+    };
+    let status = if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = Health {
+        status: if reason.is_none() { "ready" } else { "not ready" }.into(),
+        instance: s.instance.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        reason,
+    };
+    (status, Json(body))
+}
+
+/// Prometheus text exposition (404 when `telemetry.metrics = false`).
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
+async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    if !s.metrics_enabled {
+        return (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], String::new());
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
+}

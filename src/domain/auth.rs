@@ -1,0 +1,220 @@
+//! Authentication of people and automation: login sessions (UI cookie) and
+//! API tokens (bearer). Both resolve to an `Actor` whose role is the user's
+//! current role, so disabling or demoting a user takes effect at once.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::enrollment::paginate;
+use super::secrets::{self, SecretKind};
+use super::users::{hash_password, verify_password};
+use super::{page_limit, Actor, ApiToken, Domain, DomainError, Page, Role, Session, User};
+use crate::clock::Timestamp;
+use crate::storage::{Expect, Op, Scan};
+
+/// Result of a successful login.
+pub struct LoginResult {
+    /// The cookie value (shown once, stored hashed).
+    pub cookie: String,
+    pub username: String,
+    pub role: Role,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiToken {
+    pub name: String,
+    /// Lifetime, e.g. "30d" (default `auth.api_token_ttl`).
+    #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>, example = "30d")]
+    pub expires_in: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApiTokenView {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A created API token: the secret is shown this once.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApiTokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub view: ApiTokenView,
+}
+
+fn token_view(t: &ApiToken) -> ApiTokenView {
+    ApiTokenView { id: t.id.clone(), name: t.name.clone(), owner: t.owner.clone(), created_at: t.created_at, expires_at: t.expires_at }
+}
+
+/// A hash to verify against when the user does not exist, so a login for
+/// an unknown name costs the same time as one with a wrong password.
+static DUMMY_HASH: OnceLock<String> = OnceLock::new();
+
+impl Domain {
+    pub async fn login(&self, username: &str, password: &str) -> Result<LoginResult, DomainError> {
+        let bad = || DomainError::Unauthenticated("wrong user name or password".into());
+        let user = self.store.get::<User>(username).await?;
+        let hash = match &user {
+            Some(u) => u.value.password_hash.clone(),
+            None => match DUMMY_HASH.get() {
+                Some(h) => h.clone(),
+                None => {
+                    let h = hash_password(uuid::Uuid::new_v4().to_string()).await?;
+                    DUMMY_HASH.get_or_init(|| h).clone()
+                }
+            },
+        };
+        let ok = verify_password(password.to_string(), hash).await;
+        let actor = Actor::User { name: username.into(), role: Role::Viewer };
+        let user = match user {
+            Some(u) if ok && !u.value.disabled => u.value,
+            _ => {
+                self.audit_only(&actor, "auth.login", username, "refused", serde_json::Value::Null).await;
+                return Err(bad());
+            }
+        };
+        let now = self.clock.now();
+        let secret = secrets::generate(SecretKind::Session);
+        let session = Session {
+            id: secret.id.clone(),
+            username: user.username.clone(),
+            secret_hash: secret.hash,
+            created_at: now,
+            expires_at: now.plus(self.settings.session_ttl),
+        };
+        let actor = Actor::User { name: user.username.clone(), role: user.role };
+        self.store
+            .commit(vec![
+                Op::put(&session.id, &session, Expect::Absent)?,
+                self.audit_op(&actor, "auth.login", &user.username, "ok", serde_json::Value::Null)?,
+            ])
+            .await?;
+        Ok(LoginResult { cookie: secret.token, username: user.username, role: user.role, expires_at: session.expires_at })
+    }
+
+    pub async fn logout(&self, cookie: &str) -> Result<(), DomainError> {
+        if let Some((id, random)) = secrets::parse(SecretKind::Session, cookie) {
+            if let Some(s) = self.store.get::<Session>(id).await? {
+                if secrets::verify(random, &s.value.secret_hash) {
+                    self.store.commit(vec![Op::delete::<Session>(id, Expect::Any)]).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The user behind a session cookie.
+    pub async fn authenticate_session(&self, cookie: &str) -> Result<Actor, DomainError> {
+        let unauth = || DomainError::Unauthenticated("session expired or unknown; log in again".into());
+        let (id, random) = secrets::parse(SecretKind::Session, cookie).ok_or_else(unauth)?;
+        let s = self.store.get::<Session>(id).await?.ok_or_else(unauth)?;
+        if !secrets::verify(random, &s.value.secret_hash) || self.clock.now() >= s.value.expires_at {
+            return Err(unauth());
+        }
+        let user = self.active_user(&s.value.username).await.map_err(|_| unauth())?;
+        Ok(Actor::User { name: user.username, role: user.role })
+    }
+
+    /// The owner behind an API token.
+    pub async fn authenticate_api_token(&self, bearer: &str) -> Result<Actor, DomainError> {
+        let unauth = || DomainError::Unauthenticated("unknown, expired or revoked API token".into());
+        let (id, random) = secrets::parse(SecretKind::Api, bearer).ok_or_else(unauth)?;
+        let t = self.store.get::<ApiToken>(id).await?.ok_or_else(unauth)?;
+        if !secrets::verify(random, &t.value.secret_hash) || self.clock.now() >= t.value.expires_at {
+            return Err(unauth());
+        }
+        let user = self.active_user(&t.value.owner).await.map_err(|_| unauth())?;
+        Ok(Actor::ApiToken { id: t.value.id, owner: user.username, role: user.role })
+    }
+
+    async fn active_user(&self, username: &str) -> Result<User, DomainError> {
+        match self.store.get::<User>(username).await? {
+            Some(u) if !u.value.disabled => Ok(u.value),
+            _ => Err(DomainError::Unauthenticated("user disabled or deleted".into())),
+        }
+    }
+
+    /// Any user may create tokens acting as themselves.
+    pub async fn create_api_token(&self, actor: &Actor, req: NewApiToken) -> Result<ApiTokenCreated, DomainError> {
+        let owner = actor.username().ok_or_else(|| DomainError::Forbidden("only users own API tokens".into()))?;
+        if req.name.trim().is_empty() || req.name.len() > 200 {
+            return Err(DomainError::invalid("name", "must be 1-200 characters"));
+        }
+        let now = self.clock.now();
+        let secret = secrets::generate(SecretKind::Api);
+        let token = ApiToken {
+            id: secret.id.clone(),
+            name: req.name.trim().into(),
+            owner: owner.into(),
+            secret_hash: secret.hash,
+            created_at: now,
+            expires_at: now.plus(req.expires_in.unwrap_or(self.settings.api_token_ttl)),
+        };
+        self.store
+            .commit(vec![
+                Op::put(&token.id, &token, Expect::Absent)?,
+                self.audit_op(actor, "api_token.create", &token.id, "ok", serde_json::json!({ "name": token.name, "expires_at": token.expires_at }))?,
+            ])
+            .await?;
+        Ok(ApiTokenCreated { token: secret.token, view: token_view(&token) })
+    }
+
+    /// Admins see every token; others their own.
+    pub async fn list_api_tokens(&self, actor: &Actor, cursor: Option<String>, limit: Option<usize>) -> Result<Page<ApiTokenView>, DomainError> {
+        let owner = actor.username().ok_or_else(|| DomainError::Forbidden("only users own API tokens".into()))?;
+        let is_admin = actor.role() == Some(Role::Admin);
+        let limit = page_limit(limit);
+        let mut rows = self.store.scan::<ApiToken>(Scan { after: cursor, limit: if is_admin { limit + 1 } else { 0 }, ..Default::default() }).await?;
+        if !is_admin {
+            rows.retain(|t| t.value.owner == owner);
+        }
+        Ok(paginate(rows, limit, token_view))
+    }
+
+    pub async fn revoke_api_token(&self, actor: &Actor, id: &str) -> Result<(), DomainError> {
+        let t = self.store.get::<ApiToken>(id).await?.ok_or_else(|| DomainError::NotFound { what: "API token", id: id.into() })?;
+        if actor.username() != Some(t.value.owner.as_str()) {
+            actor.require(Role::Admin)?;
+        }
+        self.store
+            .commit(vec![
+                Op::delete::<ApiToken>(id, Expect::Any),
+                self.audit_op(actor, "api_token.revoke", id, "ok", serde_json::json!({ "owner": t.value.owner }))?,
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Delete expired sessions; called periodically.
+    pub async fn sweep_sessions(&self) -> Result<usize, DomainError> {
+        let now = self.clock.now();
+        let mut removed = 0;
+        let mut after = None;
+        loop {
+            let batch = self.store.scan::<Session>(Scan { after: after.clone(), limit: 500, ..Default::default() }).await?;
+            let done = batch.len() < 500;
+            after = batch.last().map(|s| s.key.clone());
+            let ops: Vec<Op> = batch
+                .iter()
+                .filter(|s| s.value.expires_at <= now)
+                .map(|s| Op::delete::<Session>(&s.key, Expect::Version(s.version)))
+                .collect();
+            removed += ops.len();
+            if !ops.is_empty() {
+                self.store.commit(ops).await?;
+            }
+            if done {
+                return Ok(removed);
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The embedded backend: one redb file. redb gives serialisable write
+//! transactions (one writer at a time) with durable commits, and MVCC reads
+//! that never block the writer; its file lock refuses a second process.
+//!
+//! Every call runs on the blocking pool: a commit waits for fsync, and a
+//! write transaction may wait for another writer, neither of which may stall
+//! the async runtime.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Expect, Op, RawDoc, Scan, StorageError, Table};
+
+pub(super) struct EmbeddedBackend {
+    db: Arc<Database>,
+}
+
+fn def(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    TableDefinition::new(table.name())
+}
+
+fn backend_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+impl EmbeddedBackend {
+    pub(super) fn open(path: &Path) -> Result<Self, StorageError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StorageError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StorageError::Locked { path: path.display().to_string() }
+            }
+            other => StorageError::Backend(format!("cannot open {}: {other}", path.display())),
+        })?;
+        // Create every table up front so readers never meet a missing one.
+        let txn = db.begin_write().map_err(backend_err)?;
+        for t in Table::ALL {
+            txn.open_table(def(t)).map_err(backend_err)?;
+        }
+        txn.commit().map_err(backend_err)?;
+        Ok(EmbeddedBackend { db: Arc::new(db) })
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, StorageError> + Send + 'static,
+    ) -> Result<R, StorageError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(backend_err)?
+    }
+
+    pub(super) async fn get(&self, table: Table, key: &str) -> Result<Option<RawDoc>, StorageError> {
+        let key = key.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            let t = txn.open_table(def(table)).map_err(backend_err)?;
+            let got = t.get(key.as_str()).map_err(backend_err)?;
+            got.map(|v| decode_raw(table, &key, v.value())).transpose()
+        })
+        .await
+    }
+
+    pub(super) async fn scan(&self, table: Table, scan: Scan) -> Result<Vec<(String, RawDoc)>, StorageError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            let t = txn.open_table(def(table)).map_err(backend_err)?;
+            let mut out = Vec::new();
+            let limit = if scan.limit == 0 { usize::MAX } else { scan.limit };
+            let mut push = |k: &str, v: &[u8]| -> Result<bool, StorageError> {
+                if !k.starts_with(&scan.prefix) {
+                    return Ok(false);
+                }
+                out.push((k.to_string(), decode_raw(table, k, v)?));
+                Ok(out.len() < limit)
+            };
+            if scan.reverse {
+                let upper = match &scan.after {
+                    Some(a) => a.clone(),
+                    None => format!("{}\u{10FFFF}", scan.prefix),
+                };
+                for item in t.range(scan.prefix.as_str()..upper.as_str()).map_err(backend_err)?.rev() {
+                    let (k, v) = item.map_err(backend_err)?;
+                    if !push(k.value(), v.value())? {
+                        break;
+                    }
+                }
+            } else {
+                let lower = scan.after.clone().unwrap_or_else(|| scan.prefix.clone());
+                for item in t.range(lower.as_str()..).map_err(backend_err)? {
+                    let (k, v) = item.map_err(backend_err)?;
+                    if scan.after.as_deref() == Some(k.value()) {
+                        continue;
+                    }
+                    if !push(k.value(), v.value())? {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn commit(&self, ops: Vec<Op>, fail_after: Option<usize>) -> Result<Vec<u64>, StorageError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend_err)?;
+            let mut versions = Vec::with_capacity(ops.len());
+            for (i, op) in ops.into_iter().enumerate() {
+                if fail_after == Some(i) {
+                    // Dropping `txn` without commit aborts it: nothing of the
+                    // ops applied so far reaches the file.
+                    return Err(StorageError::Injected);
+                }
+                let (table, key, expect) = op.target();
+                let mut t = txn.open_table(def(table)).map_err(backend_err)?;
+                let current = t
+                    .get(key)
+                    .map_err(backend_err)?
+                    .map(|v| decode_raw(table, key, v.value()).map(|d| d.version))
+                    .transpose()?;
+                check(table, key, expect, current)?;
+                match op {
+                    Op::Put { key, format, data, .. } => {
+                        let version = current.unwrap_or(0) + 1;
+                        let bytes = serde_json::to_vec(&RawDoc { format, version, data })
+                            .map_err(|e| StorageError::Encode(e.to_string()))?;
+                        t.insert(key.as_str(), bytes.as_slice()).map_err(backend_err)?;
+                        versions.push(version);
+                    }
+                    Op::Delete { key, .. } => {
+                        t.remove(key.as_str()).map_err(backend_err)?;
+                        versions.push(0);
+                    }
+                    Op::Check { .. } => versions.push(0),
+                }
+            }
+            txn.commit().map_err(backend_err)?;
+            Ok(versions)
+        })
+        .await
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StorageError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            txn.open_table(def(Table::Users)).map_err(backend_err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn check(table: Table, key: &str, expect: Expect, current: Option<u64>) -> Result<(), StorageError> {
+    let ok = match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Present => current.is_some(),
+        Expect::Version(v) => current == Some(v),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::Conflict { table, key: key.to_string(), current })
+    }
+}
+
+fn decode_raw(table: Table, key: &str, bytes: &[u8]) -> Result<RawDoc, StorageError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StorageError::Decode { table, key: key.to_string(), message: e.to_string() })
+}

@@ -1,0 +1,114 @@
+//! Observability: the tracing subscriber (pretty or JSON logs, optional OTLP
+//! trace export) and the Prometheus metrics of one instance.
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+/// The metrics of one instance. Each instance owns its registry, so tests
+/// can run several instances in one process.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<Labels, Counter>,
+    http_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    storage_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Collectors connected to this instance (set by the fleet module).
+    pub connected_collectors: Gauge,
+}
+
+impl Metrics {
+    pub fn new(instance: &str) -> Self {
+        let mut registry = Registry::with_prefix("linkmesh");
+        let http_requests = Family::<Labels, Counter>::default();
+        let http_latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let storage_latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let connected_collectors = Gauge::default();
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("instance", instance.to_string())]).set(1);
+        registry.register("build_info", "Version and instance name of this server", build_info);
+        registry.register("http_requests", "HTTP requests handled, by route and status", http_requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency by route", http_latency.clone());
+        registry.register("storage_operation_duration_seconds", "Storage operation latency by operation", storage_latency.clone());
+        registry.register("connected_collectors", "Collectors connected to this instance", connected_collectors.clone());
+        Metrics { registry, http_requests, http_latency, storage_latency, connected_collectors }
+    }
+
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .get_or_create(&vec![("method", method.to_string()), ("route", route.to_string()), ("status", status.to_string())])
+            .inc();
+        self.http_latency.get_or_create(&vec![("route", route.to_string())]).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_storage(&self, op: &'static str, elapsed: Duration) {
+        self.storage_latency.get_or_create(&vec![("op", op.to_string())]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Keeps the OTLP pipeline alive; flushes pending spans when dropped.
+pub struct TelemetryGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Install the process-wide tracing subscriber. Called once, by `main`.
+pub fn init_tracing(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
+    let filter = EnvFilter::try_new(&cfg.log_level)?;
+    let fmt = match cfg.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(true).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+    };
+    let mut provider = None;
+    let otel = match &cfg.otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()?;
+            let p = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build())
+                .build();
+            let layer = tracing_opentelemetry::layer().with_tracer(p.tracer("linkmesh"));
+            provider = Some(p);
+            Some(layer)
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
+    Ok(TelemetryGuard { provider })
+}

@@ -1,0 +1,173 @@
+//! TLS for the listeners, with rustls (ring provider). The certificate and
+//! key are re-read when their files change (checked every few seconds), so
+//! a renewed certificate is served without a restart; a broken renewal is
+//! logged and the previous certificate keeps serving.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+/// How often the certificate files are checked for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(2);
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
+    TlsError::File { path: path.display().to_string(), message: message.into() }
+}
+
+fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_pem = std::fs::read(cert).map_err(|e| file_err(cert, e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(cert, format!("not a PEM certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(cert, "no certificate found"));
+    }
+    let key_pem = std::fs::read(key).map_err(|e| file_err(key, e.to_string()))?;
+    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| file_err(key, format!("not a PEM private key: {e}")))?
+        .ok_or_else(|| file_err(key, "no private key found"))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| file_err(key, format!("unsupported private key: {e}")))?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match().map_err(|e| file_err(key, format!("does not match {}: {e}", cert.display())))?;
+    Ok(ck)
+}
+
+/// Serves the current certificate; swapped by the reload task.
+#[derive(Debug)]
+struct ReloadingResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ReloadingResolver {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A poisoned lock would only mean a panic during a swap; the old
+        // value is still a valid certificate.
+        Some(match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        })
+    }
+}
+
+fn mtimes(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    paths.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+}
+
+/// Build a rustls server config for `cfg`, and start watching its files.
+pub fn server_config(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    let initial = load_certified_key(&cfg.cert_file, &cfg.key_file)?;
+    let resolver = Arc::new(ReloadingResolver { current: RwLock::new(Arc::new(initial)) });
+    let mut sc = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let (cert, key) = (cfg.cert_file.clone(), cfg.key_file.clone());
+    let weak = Arc::downgrade(&resolver);
+    tokio::spawn(async move {
+        let files = vec![cert.clone(), key.clone()];
+        let mut seen = mtimes(&files);
+        loop {
+            tokio::time::sleep(RELOAD_CHECK).await;
+            let Some(resolver) = weak.upgrade() else { return };
+            let now = mtimes(&files);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load_certified_key(&cert, &key) {
+                Ok(ck) => {
+                    if let Ok(mut g) = resolver.current.write() {
+                        *g = Arc::new(ck);
+                    }
+                    tracing::info!(cert = %cert.display(), "Reloaded the TLS certificate.");
+                }
+                Err(e) => tracing::warn!(error = %e, "The changed TLS certificate could not be loaded; still serving the previous one."),
+            }
+        }
+    });
+    Ok(Arc::new(sc))
+}
+
+/// A TCP listener that hands out finished TLS connections. Handshakes run
+/// in their own tasks so one slow client never holds up the accept loop.
+pub struct TlsListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let acceptor = TlsAcceptor::from(config);
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "Accepting a connection failed.");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = conn_tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed."),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out."),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(TlsListener { rx, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The accept task only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
