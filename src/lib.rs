@@ -35,9 +35,11 @@ impl Listeners {
     /// Bind the listeners named in the config.
     pub async fn bind(config: &Config) -> Result<Listeners, RunError> {
         let addr = config.server.http_listen;
-        let http = TcpListener::bind(addr)
-            .await
-            .map_err(|e| RunError::Bind { key: "server.http_listen", addr: addr.to_string(), source: e })?;
+        let http = TcpListener::bind(addr).await.map_err(|e| RunError::Bind {
+            key: "server.http_listen",
+            addr: addr.to_string(),
+            source: e,
+        })?;
         Ok(Listeners { http })
     }
 }
@@ -45,7 +47,11 @@ impl Listeners {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr} ({key}): {source}")]
-    Bind { key: &'static str, addr: String, source: std::io::Error },
+    Bind {
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("storage.backend = \"mongodb\" is not available in this build yet; use \"embedded\"")]
@@ -68,7 +74,11 @@ pub async fn open_store(config: &Config) -> Result<Store, RunError> {
 
 /// Run one server instance until `shutdown` completes, then drain in-flight
 /// requests for at most `server.shutdown_grace`.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let store = open_store(&config).await?;
     run_with_store(config, store, Arc::new(SystemClock), listeners, shutdown).await
 }
@@ -120,11 +130,19 @@ pub async fn run_with_store(
             let sc = tls::server_config(tls_cfg, &[b"h2", b"http/1.1"])?;
             let listener = tls::TlsListener::new(listeners.http, sc).map_err(RunError::Serve)?;
             tracing::info!(%addr, instance, "Serving HTTPS.");
-            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(graceful).into_future())
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(graceful)
+                    .into_future(),
+            )
         }
         None => {
             tracing::info!(%addr, instance, "Serving HTTP.");
-            tokio::spawn(axum::serve(listeners.http, app).with_graceful_shutdown(graceful).into_future())
+            tokio::spawn(
+                axum::serve(listeners.http, app)
+                    .with_graceful_shutdown(graceful)
+                    .into_future(),
+            )
         }
     };
     let mut server = server;

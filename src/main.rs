@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "linkmesh", version, about = "Control plane for fleets of telemetry collectors")]
+#[command(
+    name = "linkmesh",
+    version,
+    about = "Control plane for fleets of telemetry collectors"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -43,24 +43,59 @@ impl Metrics {
         let storage_latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let connected_collectors = Gauge::default();
         let build_info = Family::<Labels, Gauge>::default();
-        build_info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("instance", instance.to_string())]).set(1);
+        build_info
+            .get_or_create(&vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("instance", instance.to_string()),
+            ])
+            .set(1);
         registry.register("build_info", "Version and instance name of this server", build_info);
-        registry.register("http_requests", "HTTP requests handled, by route and status", http_requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency by route", http_latency.clone());
-        registry.register("storage_operation_duration_seconds", "Storage operation latency by operation", storage_latency.clone());
-        registry.register("connected_collectors", "Collectors connected to this instance", connected_collectors.clone());
-        Metrics { registry, http_requests, http_latency, storage_latency, connected_collectors }
+        registry.register(
+            "http_requests",
+            "HTTP requests handled, by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            http_latency.clone(),
+        );
+        registry.register(
+            "storage_operation_duration_seconds",
+            "Storage operation latency by operation",
+            storage_latency.clone(),
+        );
+        registry.register(
+            "connected_collectors",
+            "Collectors connected to this instance",
+            connected_collectors.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_latency,
+            storage_latency,
+            connected_collectors,
+        }
     }
 
     pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         self.http_requests
-            .get_or_create(&vec![("method", method.to_string()), ("route", route.to_string()), ("status", status.to_string())])
+            .get_or_create(&vec![
+                ("method", method.to_string()),
+                ("route", route.to_string()),
+                ("status", status.to_string()),
+            ])
             .inc();
-        self.http_latency.get_or_create(&vec![("route", route.to_string())]).observe(elapsed.as_secs_f64());
+        self.http_latency
+            .get_or_create(&vec![("route", route.to_string())])
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_storage(&self, op: &'static str, elapsed: Duration) {
-        self.storage_latency.get_or_create(&vec![("op", op.to_string())]).observe(elapsed.as_secs_f64());
+        self.storage_latency
+            .get_or_create(&vec![("op", op.to_string())])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Prometheus text exposition.
@@ -101,7 +136,11 @@ pub fn init_tracing(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
                 .build()?;
             let p = opentelemetry_sdk::trace::SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
-                .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build())
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name(cfg.service_name.clone())
+                        .build(),
+                )
                 .build();
             let layer = tracing_opentelemetry::layer().with_tracer(p.tracer("linkmesh"));
             provider = Some(p);
@@ -109,6 +148,10 @@ pub fn init_tracing(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
         }
         None => None,
     };
-    tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()?;
     Ok(TelemetryGuard { provider })
 }

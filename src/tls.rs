@@ -34,7 +34,10 @@ pub enum TlsError {
 }
 
 fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
-    TlsError::File { path: path.display().to_string(), message: message.into() }
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
 }
 
 fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
@@ -52,7 +55,8 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError>
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| file_err(key, format!("unsupported private key: {e}")))?;
     let ck = CertifiedKey::new(certs, signing);
-    ck.keys_match().map_err(|e| file_err(key, format!("does not match {}: {e}", cert.display())))?;
+    ck.keys_match()
+        .map_err(|e| file_err(key, format!("does not match {}: {e}", cert.display())))?;
     Ok(ck)
 }
 
@@ -74,13 +78,18 @@ impl ResolvesServerCert for ReloadingResolver {
 }
 
 fn mtimes(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
-    paths.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 /// Build a rustls server config for `cfg`, and start watching its files.
 pub fn server_config(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let initial = load_certified_key(&cfg.cert_file, &cfg.key_file)?;
-    let resolver = Arc::new(ReloadingResolver { current: RwLock::new(Arc::new(initial)) });
+    let resolver = Arc::new(ReloadingResolver {
+        current: RwLock::new(Arc::new(initial)),
+    });
     let mut sc = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -106,7 +115,9 @@ pub fn server_config(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
                     }
                     tracing::info!(cert = %cert.display(), "Reloaded the TLS certificate.");
                 }
-                Err(e) => tracing::warn!(error = %e, "The changed TLS certificate could not be loaded; still serving the previous one."),
+                Err(e) => {
+                    tracing::warn!(error = %e, "The changed TLS certificate could not be loaded; still serving the previous one.")
+                }
             }
         }
     });

@@ -18,7 +18,10 @@ use crate::clock::Timestamp;
 use crate::domain::Role;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(login)).routes(routes!(logout)).routes(routes!(me))
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -46,7 +49,10 @@ async fn login(State(s): State<Arc<AppState>>, ApiJson(req): ApiJson<LoginReques
     let r = s.domain.login(&req.username, &req.password).await?;
     let max_age = s.session_ttl.as_secs();
     let secure = if s.cookie_secure { "; Secure" } else { "" };
-    let cookie = format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}", r.cookie);
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        r.cookie
+    );
     let mut resp = Json(Me {
         username: Some(r.username.clone()),
         role: Some(r.role),
@@ -73,5 +79,10 @@ async fn logout(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Re
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", responses((status = 200, body = Me), (status = 401, body = Problem)),
     security(("session" = []), ("bearer" = [])))]
 async fn me(Auth(actor): Auth) -> Json<Me> {
-    Json(Me { username: actor.username().map(String::from), role: actor.role(), actor: actor.audit_name(), expires_at: None })
+    Json(Me {
+        username: actor.username().map(String::from),
+        role: actor.role(),
+        actor: actor.audit_name(),
+        expires_at: None,
+    })
 }

@@ -16,7 +16,9 @@ use super::AppState;
 use crate::domain::{AuditEvent, AuditQuery, CanvasDoc, Page};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(get_canvas, save_canvas)).routes(routes!(list_audit))
+    OpenApiRouter::new()
+        .routes(routes!(get_canvas, save_canvas))
+        .routes(routes!(list_audit))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -40,7 +42,12 @@ async fn get_canvas(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<Res
 /// stale version gets 409 with the current version, a missing one 428.
 #[utoipa::path(put, path = "/api/v1/canvas", tag = "canvas", params(("If-Match" = Option<String>, Header)), request_body = SaveCanvas,
     responses((status = 200, body = CanvasDoc), (status = 409, body = Problem), (status = 428, body = Problem)), security(("session" = []), ("bearer" = [])))]
-async fn save_canvas(State(s): State<Arc<AppState>>, Auth(a): Auth, if_match: IfMatch, ApiJson(req): ApiJson<SaveCanvas>) -> Result<Response, ApiError> {
+async fn save_canvas(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    if_match: IfMatch,
+    ApiJson(req): ApiJson<SaveCanvas>,
+) -> Result<Response, ApiError> {
     let version = if_match.or_body(req.version)?;
     let c = s.domain.save_canvas(&a, version, req.document).await?;
     Ok(with_etag(c.version, c))
@@ -58,6 +65,21 @@ pub struct AuditParams {
 /// The audit log, newest first (admin).
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditParams),
     responses((status = 200, body = Page<AuditEvent>), (status = 403, body = Problem)), security(("session" = []), ("bearer" = [])))]
-async fn list_audit(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiQuery(p): ApiQuery<AuditParams>) -> Result<Json<Page<AuditEvent>>, ApiError> {
-    Ok(Json(s.domain.list_audit(&a, AuditQuery { cursor: p.cursor, limit: p.limit, action_prefix: p.action }).await?))
+async fn list_audit(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiQuery(p): ApiQuery<AuditParams>,
+) -> Result<Json<Page<AuditEvent>>, ApiError> {
+    Ok(Json(
+        s.domain
+            .list_audit(
+                &a,
+                AuditQuery {
+                    cursor: p.cursor,
+                    limit: p.limit,
+                    action_prefix: p.action,
+                },
+            )
+            .await?,
+    ))
 }

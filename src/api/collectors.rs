@@ -31,7 +31,10 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 /// used-up one, 409 when the instance_uid is already enrolled.
 #[utoipa::path(post, path = "/api/v1/enroll", tag = "collectors", request_body = EnrollRequest,
     responses((status = 201, body = Enrolled), (status = 401, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)))]
-async fn enroll(State(s): State<Arc<AppState>>, ApiJson(req): ApiJson<EnrollRequest>) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
+async fn enroll(
+    State(s): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
     Ok((StatusCode::CREATED, Json(s.domain.enroll(req).await?)))
 }
 
@@ -58,15 +61,34 @@ fn parse_selector(sel: &str) -> Result<BTreeMap<String, String>, ApiError> {
 /// List collectors (viewer).
 #[utoipa::path(get, path = "/api/v1/collectors", tag = "collectors", params(CollectorListParams),
     responses((status = 200, body = Page<CollectorView>)), security(("session" = []), ("bearer" = [])))]
-async fn list_collectors(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiQuery(p): ApiQuery<CollectorListParams>) -> Result<Json<Page<CollectorView>>, ApiError> {
+async fn list_collectors(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiQuery(p): ApiQuery<CollectorListParams>,
+) -> Result<Json<Page<CollectorView>>, ApiError> {
     let labels = parse_selector(p.selector.as_deref().unwrap_or(""))?;
-    Ok(Json(s.domain.list_collectors(&a, CollectorQuery { labels, cursor: p.cursor, limit: p.limit }).await?))
+    Ok(Json(
+        s.domain
+            .list_collectors(
+                &a,
+                CollectorQuery {
+                    labels,
+                    cursor: p.cursor,
+                    limit: p.limit,
+                },
+            )
+            .await?,
+    ))
 }
 
 /// One collector (viewer). The `ETag` is its version.
 #[utoipa::path(get, path = "/api/v1/collectors/{id}", tag = "collectors", params(("id" = String, Path)),
     responses((status = 200, body = CollectorView), (status = 404, body = Problem)), security(("session" = []), ("bearer" = [])))]
-async fn get_collector(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+async fn get_collector(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
     let c = s.domain.get_collector(&a, &id).await?;
     Ok(with_etag(c.version, c))
 }
@@ -75,7 +97,12 @@ async fn get_collector(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiPath(id
 /// and pending commands are deleted in one transaction.
 #[utoipa::path(delete, path = "/api/v1/collectors/{id}", tag = "collectors", params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)), security(("session" = []), ("bearer" = [])))]
-async fn deregister_collector(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiPath(id): ApiPath<String>, if_match: IfMatch) -> Result<StatusCode, ApiError> {
+async fn deregister_collector(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
+) -> Result<StatusCode, ApiError> {
     s.domain.deregister_collector(&a, &id, if_match.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -84,6 +111,10 @@ async fn deregister_collector(State(s): State<Arc<AppState>>, Auth(a): Auth, Api
 /// the old ones revoked in one transaction. The new one is shown once.
 #[utoipa::path(post, path = "/api/v1/collectors/{id}/rotate-credential", tag = "collectors", params(("id" = String, Path)),
     responses((status = 200, body = RotatedCredential), (status = 404, body = Problem), (status = 409, body = Problem)), security(("session" = []), ("bearer" = [])))]
-async fn rotate_credential(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiPath(id): ApiPath<String>) -> Result<Json<RotatedCredential>, ApiError> {
+async fn rotate_credential(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RotatedCredential>, ApiError> {
     Ok(Json(s.domain.rotate_credential(&a, &id).await?))
 }

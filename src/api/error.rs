@@ -39,7 +39,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, slug: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, slug, detail: detail.into(), current_version: None, field: None }
+        ApiError {
+            status,
+            slug,
+            detail: detail.into(),
+            current_version: None,
+            field: None,
+        }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -83,7 +89,11 @@ impl From<DomainError> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         tracing::error!(error = %e, "Storage failed while handling a request.");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage-unavailable", "the store could not complete the request; try again")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-unavailable",
+            "the store could not complete the request; try again",
+        )
     }
 }
 
@@ -118,7 +128,8 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut resp = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         resp
     }

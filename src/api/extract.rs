@@ -57,7 +57,9 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         if let Some(cookie) = cookie_value(&parts.headers, SESSION_COOKIE) {
             return Ok(Auth(state.domain.authenticate_session(cookie).await?));
         }
-        Err(ApiError::unauthenticated("log in, or send an API token as `Authorization: Bearer <token>`"))
+        Err(ApiError::unauthenticated(
+            "log in, or send an API token as `Authorization: Bearer <token>`",
+        ))
     }
 }
 
@@ -85,7 +87,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let Some(v) = parts.headers.get(header::IF_MATCH) else { return Ok(IfMatch(None)) };
+        let Some(v) = parts.headers.get(header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
         let s = v.to_str().unwrap_or("").trim();
         let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
         s.parse::<u64>()

@@ -16,7 +16,10 @@ use utoipa_axum::routes;
 use super::AppState;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -32,7 +35,12 @@ pub struct Health {
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
 async fn healthz(State(s): State<Arc<AppState>>) -> Json<Health> {
-    Json(Health { status: "ok".into(), instance: s.instance.clone(), version: env!("CARGO_PKG_VERSION").into(), reason: None })
+    Json(Health {
+        status: "ok".into(),
+        instance: s.instance.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        reason: None,
+    })
 }
 
 /// The instance can serve: the store answers (within 2 s).
@@ -43,7 +51,11 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
         Ok(Err(e)) => Some(format!("store: {e}")),
         Err(_) => Some("store: no answer within 2 s".into()),
     };
-    let status = if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if reason.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = Health {
         status: if reason.is_none() { "ready" } else { "not ready" }.into(),
         instance: s.instance.clone(),
@@ -57,7 +69,18 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     if !s.metrics_enabled {
-        return (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], String::new());
+        return (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        );
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
 }

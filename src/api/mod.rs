@@ -40,8 +40,23 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(domain: Domain, metrics: Arc<Metrics>, metrics_enabled: bool, instance: String, cookie_secure: bool, session_ttl: Duration) -> Self {
-        AppState { domain, metrics, metrics_enabled, instance, cookie_secure, session_ttl, openapi_json: OnceLock::new() }
+    pub fn new(
+        domain: Domain,
+        metrics: Arc<Metrics>,
+        metrics_enabled: bool,
+        instance: String,
+        cookie_secure: bool,
+        session_ttl: Duration,
+    ) -> Self {
+        AppState {
+            domain,
+            metrics,
+            metrics_enabled,
+            instance,
+            cookie_secure,
+            session_ttl,
+            openapi_json: OnceLock::new(),
+        }
     }
 }
 
@@ -67,8 +82,14 @@ struct SecuritySchemes;
 impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let c = openapi.components.get_or_insert_with(Default::default);
-        c.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-        c.add_security_scheme("session", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(extract::SESSION_COOKIE))));
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        c.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(extract::SESSION_COOKIE))),
+        );
     }
 }
 
@@ -107,7 +128,11 @@ async fn not_found() -> ApiError {
 /// Request span, latency and status metrics, by matched route (never by raw
 /// path: ids in paths would explode the label set).
 async fn observe(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let span = tracing::info_span!("http", %method, %route, status = tracing::field::Empty);
     let start = Instant::now();

@@ -11,7 +11,9 @@ use utoipa_axum::routes;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Auth, PageParams};
 use super::AppState;
-use crate::domain::{ApiTokenCreated, ApiTokenView, EnrollmentTokenCreated, EnrollmentTokenView, NewApiToken, NewEnrollmentToken, Page};
+use crate::domain::{
+    ApiTokenCreated, ApiTokenView, EnrollmentTokenCreated, EnrollmentTokenView, NewApiToken, NewEnrollmentToken, Page,
+};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -24,43 +26,70 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 /// List enrollment tokens (viewer).
 #[utoipa::path(get, path = "/api/v1/enrollment-tokens", tag = "enrollment", params(PageParams),
     responses((status = 200, body = Page<EnrollmentTokenView>)), security(("session" = []), ("bearer" = [])))]
-async fn list_enrollment_tokens(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiQuery(p): ApiQuery<PageParams>) -> Result<Json<Page<EnrollmentTokenView>>, ApiError> {
+async fn list_enrollment_tokens(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Page<EnrollmentTokenView>>, ApiError> {
     Ok(Json(s.domain.list_enrollment_tokens(&a, p.cursor, p.limit).await?))
 }
 
 /// Create an enrollment token (editor). The `token` field is shown only here.
 #[utoipa::path(post, path = "/api/v1/enrollment-tokens", tag = "enrollment", request_body = NewEnrollmentToken,
     responses((status = 201, body = EnrollmentTokenCreated), (status = 422, body = Problem)), security(("session" = []), ("bearer" = [])))]
-async fn create_enrollment_token(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiJson(req): ApiJson<NewEnrollmentToken>) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
-    Ok((StatusCode::CREATED, Json(s.domain.create_enrollment_token(&a, req).await?)))
+async fn create_enrollment_token(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiJson(req): ApiJson<NewEnrollmentToken>,
+) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.domain.create_enrollment_token(&a, req).await?),
+    ))
 }
 
 /// Revoke an enrollment token (editor). Collectors already enrolled keep
 /// their own credentials.
 #[utoipa::path(post, path = "/api/v1/enrollment-tokens/{id}/revoke", tag = "enrollment", params(("id" = String, Path)),
     responses((status = 200, body = EnrollmentTokenView), (status = 404, body = Problem)), security(("session" = []), ("bearer" = [])))]
-async fn revoke_enrollment_token(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiPath(id): ApiPath<String>) -> Result<Json<EnrollmentTokenView>, ApiError> {
+async fn revoke_enrollment_token(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<EnrollmentTokenView>, ApiError> {
     Ok(Json(s.domain.revoke_enrollment_token(&a, &id).await?))
 }
 
 /// List API tokens: yours, or all for an admin.
 #[utoipa::path(get, path = "/api/v1/api-tokens", tag = "api-tokens", params(PageParams),
     responses((status = 200, body = Page<ApiTokenView>)), security(("session" = []), ("bearer" = [])))]
-async fn list_api_tokens(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiQuery(p): ApiQuery<PageParams>) -> Result<Json<Page<ApiTokenView>>, ApiError> {
+async fn list_api_tokens(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Page<ApiTokenView>>, ApiError> {
     Ok(Json(s.domain.list_api_tokens(&a, p.cursor, p.limit).await?))
 }
 
 /// Create an API token acting as you (with your role, as it changes).
 #[utoipa::path(post, path = "/api/v1/api-tokens", tag = "api-tokens", request_body = NewApiToken,
     responses((status = 201, body = ApiTokenCreated), (status = 422, body = Problem)), security(("session" = []), ("bearer" = [])))]
-async fn create_api_token(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiJson(req): ApiJson<NewApiToken>) -> Result<(StatusCode, Json<ApiTokenCreated>), ApiError> {
+async fn create_api_token(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiJson(req): ApiJson<NewApiToken>,
+) -> Result<(StatusCode, Json<ApiTokenCreated>), ApiError> {
     Ok((StatusCode::CREATED, Json(s.domain.create_api_token(&a, req).await?)))
 }
 
 /// Revoke an API token (its owner or an admin).
 #[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "api-tokens", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem)), security(("session" = []), ("bearer" = [])))]
-async fn revoke_api_token(State(s): State<Arc<AppState>>, Auth(a): Auth, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+async fn revoke_api_token(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     s.domain.revoke_api_token(&a, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

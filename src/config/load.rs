@@ -41,7 +41,10 @@ impl fmt::Display for ConfigErrors {
 
 impl ConfigError {
     pub(super) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -64,7 +67,10 @@ pub fn load_str(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
-    let fail = |errors| ConfigErrors { source_name: source_name.to_string(), errors };
+    let fail = |errors| ConfigErrors {
+        source_name: source_name.to_string(),
+        errors,
+    };
     let mut table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => return Err(fail(vec![ConfigError::new("(syntax)", e.to_string())])),
@@ -88,19 +94,17 @@ pub fn load_str(
 /// overrides, so unrelated variables like `LINKMESH_TEST_MONGODB_URI` are
 /// left alone. The value is read as a TOML value when it parses as one
 /// (numbers, booleans, arrays), else as a plain string.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-    errors: &mut Vec<ConfigError>,
-) {
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>, errors: &mut Vec<ConfigError>) {
     let mut vars: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
         .collect();
     vars.sort();
     for (name, raw) in vars {
-        let keys: Vec<String> =
-            name[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let keys: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
         if keys.iter().any(|k| k.is_empty()) {
             errors.push(ConfigError::new(name, "malformed override name"));
             continue;
@@ -129,7 +133,9 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
             Ok(())
         }
         [first, rest @ ..] => {
-            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
             match entry {
                 toml::Value::Table(t) => set_path(t, rest, value),
                 _ => Err(first.clone()),
@@ -173,7 +179,11 @@ fn deserialize_collecting(mut table: toml::Table, errors: &mut Vec<ConfigError>)
             remove_parent = true;
         }
         errors.push(ConfigError::new(dotted(&segments), message));
-        let cut = if remove_parent { &segments[..segments.len() - 1] } else { &segments[..] };
+        let cut = if remove_parent {
+            &segments[..segments.len() - 1]
+        } else {
+            &segments[..]
+        };
         if cut.is_empty() || !remove_path(&mut table, cut) {
             return None;
         }
@@ -197,11 +207,18 @@ fn backticked_after(message: &str, prefix: &str) -> Option<String> {
 /// serde's messages are good; toml's carry a source snippet that refers to
 /// the re-serialized table, not the user's file, so keep the first line.
 fn clean_message(message: &str) -> String {
-    message.lines().find(|l| !l.trim().is_empty()).unwrap_or(message).trim().to_string()
+    message
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(message)
+        .trim()
+        .to_string()
 }
 
 fn remove_path(table: &mut toml::Table, path: &[String]) -> bool {
-    let Some((last, parents)) = path.split_last() else { return false };
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
     let mut cur: &mut toml::Value = match parents.first() {
         None => return table.remove(last).is_some(),
         Some(first) => match table.get_mut(first) {

@@ -129,7 +129,9 @@ pub struct EmbeddedConfig {
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
-        EmbeddedConfig { path: default_embedded_path() }
+        EmbeddedConfig {
+            path: default_embedded_path(),
+        }
     }
 }
 
@@ -294,7 +296,11 @@ impl Config {
     pub fn cookie_secure(&self) -> bool {
         self.auth.cookie_secure.unwrap_or_else(|| {
             self.tls.is_some()
-                || self.server.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+                || self
+                    .server
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://"))
         })
     }
 

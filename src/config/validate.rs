@@ -33,7 +33,10 @@ pub(super) fn resolve_and_validate(config: &mut Config, errors: &mut Vec<ConfigE
     check_listener("server.grpc_listen", config.server.grpc_listen, config, errors);
     if let Some(url) = &config.server.public_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            errors.push(ConfigError::new("server.public_url", "must start with http:// or https://"));
+            errors.push(ConfigError::new(
+                "server.public_url",
+                "must start with http:// or https://",
+            ));
         }
     }
 
@@ -89,15 +92,13 @@ pub(super) fn resolve_and_validate(config: &mut Config, errors: &mut Vec<ConfigE
 
 /// `key` and `key_file` are two spellings of one secret: exactly one may be
 /// set; the file's content (without a trailing newline) becomes the value.
-fn resolve_secret(
-    key: &str,
-    value: &mut Option<Secret>,
-    file: &Option<PathBuf>,
-    errors: &mut Vec<ConfigError>,
-) {
+fn resolve_secret(key: &str, value: &mut Option<Secret>, file: &Option<PathBuf>, errors: &mut Vec<ConfigError>) {
     let Some(path) = file else { return };
     if value.is_some() {
-        errors.push(ConfigError::new(key, format!("set either {key} or {key}_file, not both")));
+        errors.push(ConfigError::new(
+            key,
+            format!("set either {key} or {key}_file, not both"),
+        ));
         return;
     }
     match std::fs::read_to_string(path) {

@@ -19,13 +19,29 @@ impl Domain {
         actor.require(Role::Admin)?;
         let limit = page_limit(q.limit);
         let Some(prefix) = q.action_prefix.filter(|p| !p.is_empty()) else {
-            let rows = self.store.scan::<AuditEvent>(Scan { after: q.cursor, limit: limit + 1, reverse: true, ..Default::default() }).await?;
+            let rows = self
+                .store
+                .scan::<AuditEvent>(Scan {
+                    after: q.cursor,
+                    limit: limit + 1,
+                    reverse: true,
+                    ..Default::default()
+                })
+                .await?;
             return Ok(paginate(rows, limit, AuditEvent::clone));
         };
         let mut out = Vec::new();
         let mut after = q.cursor;
         loop {
-            let batch = self.store.scan::<AuditEvent>(Scan { after: after.clone(), limit: 1000, reverse: true, ..Default::default() }).await?;
+            let batch = self
+                .store
+                .scan::<AuditEvent>(Scan {
+                    after: after.clone(),
+                    limit: 1000,
+                    reverse: true,
+                    ..Default::default()
+                })
+                .await?;
             let done = batch.len() < 1000;
             after = batch.last().map(|e| e.key.clone());
             out.extend(batch.into_iter().filter(|e| e.value.action.starts_with(&prefix)));

@@ -52,7 +52,13 @@ pub struct ApiTokenCreated {
 }
 
 fn token_view(t: &ApiToken) -> ApiTokenView {
-    ApiTokenView { id: t.id.clone(), name: t.name.clone(), owner: t.owner.clone(), created_at: t.created_at, expires_at: t.expires_at }
+    ApiTokenView {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        owner: t.owner.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+    }
 }
 
 /// A hash to verify against when the user does not exist, so a login for
@@ -74,11 +80,15 @@ impl Domain {
             },
         };
         let ok = verify_password(password.to_string(), hash).await;
-        let actor = Actor::User { name: username.into(), role: Role::Viewer };
+        let actor = Actor::User {
+            name: username.into(),
+            role: Role::Viewer,
+        };
         let user = match user {
             Some(u) if ok && !u.value.disabled => u.value,
             _ => {
-                self.audit_only(&actor, "auth.login", username, "refused", serde_json::Value::Null).await;
+                self.audit_only(&actor, "auth.login", username, "refused", serde_json::Value::Null)
+                    .await;
                 return Err(bad());
             }
         };
@@ -91,14 +101,22 @@ impl Domain {
             created_at: now,
             expires_at: now.plus(self.settings.session_ttl),
         };
-        let actor = Actor::User { name: user.username.clone(), role: user.role };
+        let actor = Actor::User {
+            name: user.username.clone(),
+            role: user.role,
+        };
         self.store
             .commit(vec![
                 Op::put(&session.id, &session, Expect::Absent)?,
                 self.audit_op(&actor, "auth.login", &user.username, "ok", serde_json::Value::Null)?,
             ])
             .await?;
-        Ok(LoginResult { cookie: secret.token, username: user.username, role: user.role, expires_at: session.expires_at })
+        Ok(LoginResult {
+            cookie: secret.token,
+            username: user.username,
+            role: user.role,
+            expires_at: session.expires_at,
+        })
     }
 
     pub async fn logout(&self, cookie: &str) -> Result<(), DomainError> {
@@ -121,7 +139,10 @@ impl Domain {
             return Err(unauth());
         }
         let user = self.active_user(&s.value.username).await.map_err(|_| unauth())?;
-        Ok(Actor::User { name: user.username, role: user.role })
+        Ok(Actor::User {
+            name: user.username,
+            role: user.role,
+        })
     }
 
     /// The owner behind an API token.
@@ -133,7 +154,11 @@ impl Domain {
             return Err(unauth());
         }
         let user = self.active_user(&t.value.owner).await.map_err(|_| unauth())?;
-        Ok(Actor::ApiToken { id: t.value.id, owner: user.username, role: user.role })
+        Ok(Actor::ApiToken {
+            id: t.value.id,
+            owner: user.username,
+            role: user.role,
+        })
     }
 
     async fn active_user(&self, username: &str) -> Result<User, DomainError> {
@@ -145,7 +170,9 @@ impl Domain {
 
     /// Any user may create tokens acting as themselves.
     pub async fn create_api_token(&self, actor: &Actor, req: NewApiToken) -> Result<ApiTokenCreated, DomainError> {
-        let owner = actor.username().ok_or_else(|| DomainError::Forbidden("only users own API tokens".into()))?;
+        let owner = actor
+            .username()
+            .ok_or_else(|| DomainError::Forbidden("only users own API tokens".into()))?;
         if req.name.trim().is_empty() || req.name.len() > 200 {
             return Err(DomainError::invalid("name", "must be 1-200 characters"));
         }
@@ -162,18 +189,41 @@ impl Domain {
         self.store
             .commit(vec![
                 Op::put(&token.id, &token, Expect::Absent)?,
-                self.audit_op(actor, "api_token.create", &token.id, "ok", serde_json::json!({ "name": token.name, "expires_at": token.expires_at }))?,
+                self.audit_op(
+                    actor,
+                    "api_token.create",
+                    &token.id,
+                    "ok",
+                    serde_json::json!({ "name": token.name, "expires_at": token.expires_at }),
+                )?,
             ])
             .await?;
-        Ok(ApiTokenCreated { token: secret.token, view: token_view(&token) })
+        Ok(ApiTokenCreated {
+            token: secret.token,
+            view: token_view(&token),
+        })
     }
 
     /// Admins see every token; others their own.
-    pub async fn list_api_tokens(&self, actor: &Actor, cursor: Option<String>, limit: Option<usize>) -> Result<Page<ApiTokenView>, DomainError> {
-        let owner = actor.username().ok_or_else(|| DomainError::Forbidden("only users own API tokens".into()))?;
+    pub async fn list_api_tokens(
+        &self,
+        actor: &Actor,
+        cursor: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<Page<ApiTokenView>, DomainError> {
+        let owner = actor
+            .username()
+            .ok_or_else(|| DomainError::Forbidden("only users own API tokens".into()))?;
         let is_admin = actor.role() == Some(Role::Admin);
         let limit = page_limit(limit);
-        let mut rows = self.store.scan::<ApiToken>(Scan { after: cursor, limit: if is_admin { limit + 1 } else { 0 }, ..Default::default() }).await?;
+        let mut rows = self
+            .store
+            .scan::<ApiToken>(Scan {
+                after: cursor,
+                limit: if is_admin { limit + 1 } else { 0 },
+                ..Default::default()
+            })
+            .await?;
         if !is_admin {
             rows.retain(|t| t.value.owner == owner);
         }
@@ -181,14 +231,27 @@ impl Domain {
     }
 
     pub async fn revoke_api_token(&self, actor: &Actor, id: &str) -> Result<(), DomainError> {
-        let t = self.store.get::<ApiToken>(id).await?.ok_or_else(|| DomainError::NotFound { what: "API token", id: id.into() })?;
+        let t = self
+            .store
+            .get::<ApiToken>(id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound {
+                what: "API token",
+                id: id.into(),
+            })?;
         if actor.username() != Some(t.value.owner.as_str()) {
             actor.require(Role::Admin)?;
         }
         self.store
             .commit(vec![
                 Op::delete::<ApiToken>(id, Expect::Any),
-                self.audit_op(actor, "api_token.revoke", id, "ok", serde_json::json!({ "owner": t.value.owner }))?,
+                self.audit_op(
+                    actor,
+                    "api_token.revoke",
+                    id,
+                    "ok",
+                    serde_json::json!({ "owner": t.value.owner }),
+                )?,
             ])
             .await?;
         Ok(())
@@ -200,7 +263,14 @@ impl Domain {
         let mut removed = 0;
         let mut after = None;
         loop {
-            let batch = self.store.scan::<Session>(Scan { after: after.clone(), limit: 500, ..Default::default() }).await?;
+            let batch = self
+                .store
+                .scan::<Session>(Scan {
+                    after: after.clone(),
+                    limit: 500,
+                    ..Default::default()
+                })
+                .await?;
             let done = batch.len() < 500;
             after = batch.last().map(|s| s.key.clone());
             let ops: Vec<Op> = batch

@@ -32,27 +32,59 @@ impl Domain {
                 updated_at: Some(c.value.updated_at),
                 updated_by: Some(c.value.updated_by),
             },
-            None => CanvasDoc { version: 0, document: serde_json::json!({}), updated_at: None, updated_by: None },
+            None => CanvasDoc {
+                version: 0,
+                document: serde_json::json!({}),
+                updated_at: None,
+                updated_by: None,
+            },
         })
     }
 
     /// Save the canvas on top of `version` (0 = the first save).
-    pub async fn save_canvas(&self, actor: &Actor, version: Option<u64>, document: serde_json::Value) -> Result<CanvasDoc, DomainError> {
+    pub async fn save_canvas(
+        &self,
+        actor: &Actor,
+        version: Option<u64>,
+        document: serde_json::Value,
+    ) -> Result<CanvasDoc, DomainError> {
         actor.require(Role::Editor)?;
         let version = version.ok_or(DomainError::PreconditionRequired)?;
         if !document.is_object() {
             return Err(DomainError::invalid("document", "must be a JSON object"));
         }
         if serde_json::to_vec(&document).map(|v| v.len()).unwrap_or(usize::MAX) > MAX_CANVAS_BYTES {
-            return Err(DomainError::invalid("document", format!("larger than {MAX_CANVAS_BYTES} bytes")));
+            return Err(DomainError::invalid(
+                "document",
+                format!("larger than {MAX_CANVAS_BYTES} bytes"),
+            ));
         }
-        let canvas = Canvas { document, updated_at: self.clock.now(), updated_by: actor.audit_name() };
-        let expect = if version == 0 { Expect::Absent } else { Expect::Version(version) };
+        let canvas = Canvas {
+            document,
+            updated_at: self.clock.now(),
+            updated_by: actor.audit_name(),
+        };
+        let expect = if version == 0 {
+            Expect::Absent
+        } else {
+            Expect::Version(version)
+        };
         let ops = vec![
             Op::put(CANVAS_KEY, &canvas, expect)?,
-            self.audit_op(actor, "canvas.save", CANVAS_KEY, "ok", serde_json::json!({ "based_on": version }))?,
+            self.audit_op(
+                actor,
+                "canvas.save",
+                CANVAS_KEY,
+                "ok",
+                serde_json::json!({ "based_on": version }),
+            )?,
         ];
         let v = self.store.commit(ops).await.map_err(conflict_as("canvas"))?;
-        Ok(CanvasDoc { version: v[0], document: canvas.document, updated_at: Some(canvas.updated_at), updated_by: Some(canvas.updated_by) })
+        Ok(CanvasDoc {
+            version: v[0],
+            document: canvas.document,
+            updated_at: Some(canvas.updated_at),
+            updated_by: Some(canvas.updated_by),
+        })
     }
 }

@@ -6,8 +6,8 @@ use utoipa::ToSchema;
 
 use super::secrets::{self, SecretKind};
 use super::{
-    conflict_as, page_limit, Actor, Collector, CollectorCredential, CollectorStatus, Domain,
-    DomainError, Page, PendingCommands, Role,
+    conflict_as, page_limit, Actor, Collector, CollectorCredential, CollectorStatus, Domain, DomainError, Page,
+    PendingCommands, Role,
 };
 use crate::clock::Timestamp;
 use crate::storage::{Expect, Op, Scan, StorageError, Versioned};
@@ -61,7 +61,10 @@ impl Domain {
             .get::<Collector>(id)
             .await?
             .map(|c| CollectorView::of(&c))
-            .ok_or_else(|| DomainError::NotFound { what: "collector", id: id.into() })
+            .ok_or_else(|| DomainError::NotFound {
+                what: "collector",
+                id: id.into(),
+            })
     }
 
     pub async fn list_collectors(&self, actor: &Actor, q: CollectorQuery) -> Result<Page<CollectorView>, DomainError> {
@@ -74,11 +77,19 @@ impl Domain {
         loop {
             let batch = self
                 .store
-                .scan::<Collector>(Scan { after: after.clone(), limit: 1000, ..Default::default() })
+                .scan::<Collector>(Scan {
+                    after: after.clone(),
+                    limit: 1000,
+                    ..Default::default()
+                })
                 .await?;
             let done = batch.len() < 1000;
             after = batch.last().map(|c| c.key.clone());
-            out.extend(batch.into_iter().filter(|c| q.labels.iter().all(|(k, v)| c.value.labels.get(k) == Some(v))));
+            out.extend(
+                batch
+                    .into_iter()
+                    .filter(|c| q.labels.iter().all(|(k, v)| c.value.labels.get(k) == Some(v))),
+            );
             if done || out.len() > limit {
                 break;
             }
@@ -86,7 +97,10 @@ impl Domain {
         let more = out.len() > limit;
         out.truncate(limit);
         let next_cursor = if more { out.last().map(|c| c.key.clone()) } else { None };
-        Ok(Page { items: out.iter().map(CollectorView::of).collect(), next_cursor })
+        Ok(Page {
+            items: out.iter().map(CollectorView::of).collect(),
+            next_cursor,
+        })
     }
 
     /// Check a collector's bearer credential; returns the collector. Refusals
@@ -97,7 +111,14 @@ impl Domain {
             return Err(unauth());
         };
         let refused = |why: &'static str| async move {
-            self.audit_only(&Actor::System, "collector.authenticate", &format!("credential:{id}"), why, serde_json::Value::Null).await;
+            self.audit_only(
+                &Actor::System,
+                "collector.authenticate",
+                &format!("credential:{id}"),
+                why,
+                serde_json::Value::Null,
+            )
+            .await;
             Err(unauth())
         };
         let Some(cred) = self.store.get::<CollectorCredential>(id).await? else {
@@ -124,7 +145,10 @@ impl Domain {
             _ => actor.require(Role::Editor)?,
         }
         let Some(cur) = self.store.get::<Collector>(collector_id).await? else {
-            return Err(DomainError::NotFound { what: "collector", id: collector_id.into() });
+            return Err(DomainError::NotFound {
+                what: "collector",
+                id: collector_id.into(),
+            });
         };
         let now = self.clock.now();
         let new = secrets::generate(SecretKind::Collector);
@@ -153,24 +177,45 @@ impl Domain {
         ops.push(Op::put(collector_id, &collector, Expect::Version(cur.version))?);
         let collector_index = ops.len() - 1;
         ops.push(Op::put(&new.id, &credential, Expect::Absent)?);
-        ops.push(self.audit_op(actor, "collector.rotate_credential", collector_id, "ok", serde_json::json!({ "new_credential_id": new.id }))?);
+        ops.push(self.audit_op(
+            actor,
+            "collector.rotate_credential",
+            collector_id,
+            "ok",
+            serde_json::json!({ "new_credential_id": new.id }),
+        )?);
         let versions = self.store.commit(ops).await.map_err(conflict_as("collector"))?;
-        Ok(RotatedCredential { collector_id: collector_id.into(), credential: new.token, version: versions[collector_index] })
+        Ok(RotatedCredential {
+            collector_id: collector_id.into(),
+            credential: new.token,
+            version: versions[collector_index],
+        })
     }
 
     /// Deregister a collector: the collector, all its credentials, its
     /// status and pending commands go in one transaction with the audit
     /// event. `expected_version`, when given, guards against deleting a
     /// collector that changed since it was read.
-    pub async fn deregister_collector(&self, actor: &Actor, collector_id: &str, expected_version: Option<u64>) -> Result<(), DomainError> {
+    pub async fn deregister_collector(
+        &self,
+        actor: &Actor,
+        collector_id: &str,
+        expected_version: Option<u64>,
+    ) -> Result<(), DomainError> {
         actor.require(Role::Editor)?;
         for _ in 0..super::MAX_ATTEMPTS {
             let Some(cur) = self.store.get::<Collector>(collector_id).await? else {
-                return Err(DomainError::NotFound { what: "collector", id: collector_id.into() });
+                return Err(DomainError::NotFound {
+                    what: "collector",
+                    id: collector_id.into(),
+                });
             };
             if let Some(v) = expected_version {
                 if v != cur.version {
-                    return Err(DomainError::Conflict { what: "collector", current: Some(cur.version) });
+                    return Err(DomainError::Conflict {
+                        what: "collector",
+                        current: Some(cur.version),
+                    });
                 }
             }
             let mut ops = vec![Op::delete::<Collector>(collector_id, Expect::Version(cur.version))];
@@ -179,7 +224,13 @@ impl Domain {
             }
             ops.push(Op::delete::<CollectorStatus>(collector_id, Expect::Any));
             ops.push(Op::delete::<PendingCommands>(collector_id, Expect::Any));
-            ops.push(self.audit_op(actor, "collector.deregister", collector_id, "ok", serde_json::json!({ "name": cur.value.name, "credentials": cur.value.credential_ids }))?);
+            ops.push(self.audit_op(
+                actor,
+                "collector.deregister",
+                collector_id,
+                "ok",
+                serde_json::json!({ "name": cur.value.name, "credentials": cur.value.credential_ids }),
+            )?);
             match self.store.commit(ops).await {
                 Ok(_) => return Ok(()),
                 // Changed under us (labels, rotation): without an explicit
@@ -188,6 +239,9 @@ impl Domain {
                 Err(e) => return Err(conflict_as("collector")(e)),
             }
         }
-        Err(DomainError::Conflict { what: "collector", current: None })
+        Err(DomainError::Conflict {
+            what: "collector",
+            current: None,
+        })
     }
 }

@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 
 use super::secrets::{self, SecretKind};
 use super::{
-    page_limit, validate_labels, Actor, Collector, CollectorCredential, Domain, DomainError,
-    EnrollmentToken, Labels, Page, Role,
+    page_limit, validate_labels, Actor, Collector, CollectorCredential, Domain, DomainError, EnrollmentToken, Labels,
+    Page, Role,
 };
 use crate::clock::Timestamp;
 use crate::storage::{Expect, Op, Scan, StorageError, Table, Versioned};
@@ -127,7 +127,10 @@ impl Domain {
             return Err(DomainError::invalid("name", "must be 1-200 characters"));
         }
         if req.max_uses == Some(0) {
-            return Err(DomainError::invalid("max_uses", "must be at least 1 (omit it for unlimited)"));
+            return Err(DomainError::invalid(
+                "max_uses",
+                "must be at least 1 (omit it for unlimited)",
+            ));
         }
         validate_labels("labels", &req.labels)?;
         let now = self.clock.now();
@@ -144,14 +147,18 @@ impl Domain {
             labels: req.labels,
             revoked_at: None,
         };
-        let detail = serde_json::json!({ "name": record.name, "max_uses": record.max_uses, "expires_at": record.expires_at });
+        let detail =
+            serde_json::json!({ "name": record.name, "max_uses": record.max_uses, "expires_at": record.expires_at });
         self.store
             .commit(vec![
                 Op::put(&record.id, &record, Expect::Absent)?,
                 self.audit_op(actor, "enrollment_token.create", &record.id, "ok", detail)?,
             ])
             .await?;
-        Ok(EnrollmentTokenCreated { token: secret.token, view: self.token_view(&record) })
+        Ok(EnrollmentTokenCreated {
+            token: secret.token,
+            view: self.token_view(&record),
+        })
     }
 
     pub async fn list_enrollment_tokens(
@@ -164,7 +171,11 @@ impl Domain {
         let limit = page_limit(limit);
         let rows = self
             .store
-            .scan::<EnrollmentToken>(Scan { after: cursor, limit: limit + 1, ..Default::default() })
+            .scan::<EnrollmentToken>(Scan {
+                after: cursor,
+                limit: limit + 1,
+                ..Default::default()
+            })
             .await?;
         Ok(paginate(rows, limit, |t| self.token_view(t)))
     }
@@ -173,7 +184,10 @@ impl Domain {
         actor.require(Role::Editor)?;
         loop {
             let Some(cur) = self.store.get::<EnrollmentToken>(id).await? else {
-                return Err(DomainError::NotFound { what: "enrollment token", id: id.into() });
+                return Err(DomainError::NotFound {
+                    what: "enrollment token",
+                    id: id.into(),
+                });
             };
             let mut t = cur.value;
             if t.revoked_at.is_some() {
@@ -207,17 +221,37 @@ impl Domain {
             None => uuid::Uuid::now_v7().hyphenated().to_string(),
         };
         validate_labels("labels", &req.labels)?;
-        let name = req.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| collector_id.clone());
-        let actor = Actor::Enrollment { token_id: token_id.to_string() };
+        let name = req
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| collector_id.clone());
+        let actor = Actor::Enrollment {
+            token_id: token_id.to_string(),
+        };
 
         for _ in 0..super::MAX_ATTEMPTS {
             let Some(cur) = self.store.get::<EnrollmentToken>(token_id).await? else {
-                self.audit_only(&actor, "collector.enroll", &collector_id, "refused: unknown token", serde_json::Value::Null).await;
+                self.audit_only(
+                    &actor,
+                    "collector.enroll",
+                    &collector_id,
+                    "refused: unknown token",
+                    serde_json::Value::Null,
+                )
+                .await;
                 return Err(DomainError::Unauthenticated("unknown enrollment token".into()));
             };
             let mut token = cur.value;
             if !secrets::verify(random, &token.secret_hash) {
-                self.audit_only(&actor, "collector.enroll", &collector_id, "refused: bad secret", serde_json::Value::Null).await;
+                self.audit_only(
+                    &actor,
+                    "collector.enroll",
+                    &collector_id,
+                    "refused: bad secret",
+                    serde_json::Value::Null,
+                )
+                .await;
                 return Err(DomainError::Unauthenticated("unknown enrollment token".into()));
             }
             let now = self.clock.now();
@@ -225,7 +259,14 @@ impl Domain {
                 "active" => {}
                 state => {
                     let why = state.replace('_', " ");
-                    self.audit_only(&actor, "collector.enroll", &collector_id, &format!("refused: {why}"), serde_json::Value::Null).await;
+                    self.audit_only(
+                        &actor,
+                        "collector.enroll",
+                        &collector_id,
+                        &format!("refused: {why}"),
+                        serde_json::Value::Null,
+                    )
+                    .await;
                     return Err(refuse(&format!("is {why}")));
                 }
             }
@@ -252,25 +293,46 @@ impl Domain {
                 Op::put(token_id, &token, Expect::Version(cur.version))?,
                 Op::put(&collector_id, &collector, Expect::Absent)?,
                 Op::put(&cred.id, &credential, Expect::Absent)?,
-                self.audit_op(&actor, "collector.enroll", &collector_id, "ok", serde_json::json!({ "name": name, "labels": labels }))?,
+                self.audit_op(
+                    &actor,
+                    "collector.enroll",
+                    &collector_id,
+                    "ok",
+                    serde_json::json!({ "name": name, "labels": labels }),
+                )?,
             ];
             match self.store.commit(ops).await {
                 Ok(_) => {
                     tracing::info!(collector_id, token_id, "Collector enrolled.");
-                    return Ok(Enrolled { collector_id, credential: cred.token, labels });
+                    return Ok(Enrolled {
+                        collector_id,
+                        credential: cred.token,
+                        labels,
+                    });
                 }
-                Err(StorageError::Conflict { table: Table::EnrollmentTokens, .. }) => {
+                Err(StorageError::Conflict {
+                    table: Table::EnrollmentTokens,
+                    ..
+                }) => {
                     // Another enrollment used the token meanwhile: re-check.
                     tokio::task::yield_now().await;
                     continue;
                 }
-                Err(StorageError::Conflict { table: Table::Collectors, .. }) => {
-                    return Err(DomainError::AlreadyExists { what: "collector", id: collector_id });
+                Err(StorageError::Conflict {
+                    table: Table::Collectors,
+                    ..
+                }) => {
+                    return Err(DomainError::AlreadyExists {
+                        what: "collector",
+                        id: collector_id,
+                    });
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(DomainError::Refused("enrollment token is too contended; try again".into()))
+        Err(DomainError::Refused(
+            "enrollment token is too contended; try again".into(),
+        ))
     }
 }
 
@@ -280,5 +342,8 @@ pub(crate) fn paginate<T, V>(mut rows: Vec<Versioned<T>>, limit: usize, view: im
     let more = rows.len() > limit;
     rows.truncate(limit);
     let next_cursor = if more { rows.last().map(|r| r.key.clone()) } else { None };
-    Page { items: rows.iter().map(|r| view(&r.value)).collect(), next_cursor }
+    Page {
+        items: rows.iter().map(|r| view(&r.value)).collect(),
+        next_cursor,
+    }
 }

@@ -79,7 +79,9 @@ impl Actor {
     pub fn require(&self, role: Role) -> Result<(), DomainError> {
         match self.role() {
             Some(r) if r >= role => Ok(()),
-            _ => Err(DomainError::Forbidden(format!("this needs the {role:?} role").to_lowercase())),
+            _ => Err(DomainError::Forbidden(
+                format!("this needs the {role:?} role").to_lowercase(),
+            )),
         }
     }
 }
@@ -111,7 +113,10 @@ pub enum DomainError {
 
 impl DomainError {
     pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
-        DomainError::Invalid { field: field.into(), message: message.into() }
+        DomainError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -153,7 +158,12 @@ const MAX_ATTEMPTS: usize = 256;
 
 impl Domain {
     pub fn new(store: Store, clock: Arc<dyn Clock>, instance: String, settings: AuthSettings) -> Self {
-        Domain { store, clock, instance, settings }
+        Domain {
+            store,
+            clock,
+            instance,
+            settings,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -188,7 +198,14 @@ impl Domain {
     }
 
     /// Audit something that changes nothing else (a refusal).
-    pub async fn audit_only(&self, actor: &Actor, action: &str, target: &str, outcome: &str, detail: serde_json::Value) {
+    pub async fn audit_only(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) {
         let op = match self.audit_op(actor, action, target, outcome, detail) {
             Ok(op) => op,
             Err(e) => return tracing::warn!(error = %e, "Could not encode an audit event."),
@@ -210,9 +227,8 @@ pub(crate) fn conflict_as(what: &'static str) -> impl Fn(StorageError) -> Domain
 /// Labels: keys like Kubernetes label keys, values up to 255 characters.
 pub(crate) fn validate_labels(field: &str, labels: &Labels) -> Result<(), DomainError> {
     for (k, v) in labels {
-        let key_ok = !k.is_empty()
-            && k.len() <= 128
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+        let key_ok =
+            !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
         if !key_ok {
             return Err(DomainError::invalid(
                 &format!("{field}.{k}"),
@@ -220,7 +236,10 @@ pub(crate) fn validate_labels(field: &str, labels: &Labels) -> Result<(), Domain
             ));
         }
         if v.len() > 255 {
-            return Err(DomainError::invalid(&format!("{field}.{k}"), "label values are at most 255 bytes"));
+            return Err(DomainError::invalid(
+                &format!("{field}.{k}"),
+                "label values are at most 255 bytes",
+            ));
         }
     }
     Ok(())

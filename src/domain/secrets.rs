@@ -51,7 +51,11 @@ pub fn generate(kind: SecretKind) -> NewSecret {
     rand::rng().fill_bytes(&mut raw);
     let random = URL_SAFE_NO_PAD.encode(raw);
     let hash = hash_secret(&random);
-    NewSecret { token: format!("{}_{id}_{random}", kind.prefix()), id, hash }
+    NewSecret {
+        token: format!("{}_{id}_{random}", kind.prefix()),
+        id,
+        hash,
+    }
 }
 
 /// Split a presented token into (id, random part), if it has the shape of

@@ -61,17 +61,25 @@ impl UserView {
 fn validate_username(name: &str) -> Result<(), DomainError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-@".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-@".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(DomainError::invalid("username", "1-64 characters of a-z, 0-9, '.', '_', '-', '@'"))
+        Err(DomainError::invalid(
+            "username",
+            "1-64 characters of a-z, 0-9, '.', '_', '-', '@'",
+        ))
     }
 }
 
 fn validate_password(pw: &str) -> Result<(), DomainError> {
     if pw.chars().count() < MIN_PASSWORD_LEN {
-        return Err(DomainError::invalid("password", format!("must be at least {MIN_PASSWORD_LEN} characters")));
+        return Err(DomainError::invalid(
+            "password",
+            format!("must be at least {MIN_PASSWORD_LEN} characters"),
+        ));
     }
     Ok(())
 }
@@ -104,11 +112,21 @@ impl Domain {
     /// Create the first admin when the store has no user at all. Racing
     /// instances both try; the key precondition lets exactly one win.
     pub async fn bootstrap_admin(&self, username: &str, password: &Secret) -> Result<bool, DomainError> {
-        let any = self.store.scan::<User>(Scan { limit: 1, ..Default::default() }).await?;
+        let any = self
+            .store
+            .scan::<User>(Scan {
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
         if !any.is_empty() {
             return Ok(false);
         }
-        let req = NewUser { username: username.into(), password: password.expose().into(), role: Role::Admin };
+        let req = NewUser {
+            username: username.into(),
+            password: password.expose().into(),
+            role: Role::Admin,
+        };
         match self.create_user(&Actor::System, req).await {
             Ok(_) => Ok(true),
             Err(DomainError::AlreadyExists { .. }) => Ok(false),
@@ -131,13 +149,20 @@ impl Domain {
         };
         let ops = vec![
             Op::put(&user.username, &user, Expect::Absent)?,
-            self.audit_op(actor, "user.create", &user.username, "ok", serde_json::json!({ "role": user.role }))?,
+            self.audit_op(
+                actor,
+                "user.create",
+                &user.username,
+                "ok",
+                serde_json::json!({ "role": user.role }),
+            )?,
         ];
         match self.store.commit(ops).await {
             Ok(v) => Ok(UserView::of(&user, v[0])),
-            Err(crate::storage::StorageError::Conflict { .. }) => {
-                Err(DomainError::AlreadyExists { what: "user", id: req.username })
-            }
+            Err(crate::storage::StorageError::Conflict { .. }) => Err(DomainError::AlreadyExists {
+                what: "user",
+                id: req.username,
+            }),
             Err(e) => Err(e.into()),
         }
     }
@@ -154,15 +179,33 @@ impl Domain {
         self.store
             .get::<User>(username)
             .await?
-            .ok_or_else(|| DomainError::NotFound { what: "user", id: username.into() })
+            .ok_or_else(|| DomainError::NotFound {
+                what: "user",
+                id: username.into(),
+            })
     }
 
-    pub async fn list_users(&self, actor: &Actor, cursor: Option<String>, limit: Option<usize>) -> Result<Page<UserView>, DomainError> {
+    pub async fn list_users(
+        &self,
+        actor: &Actor,
+        cursor: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<Page<UserView>, DomainError> {
         actor.require(Role::Admin)?;
         let limit = page_limit(limit);
-        let rows = self.store.scan::<User>(Scan { after: cursor, limit: limit + 1, ..Default::default() }).await?;
-        let versions: std::collections::HashMap<String, u64> = rows.iter().map(|r| (r.key.clone(), r.version)).collect();
-        Ok(paginate(rows, limit, |u: &User| UserView::of(u, versions.get(&u.username).copied().unwrap_or(0))))
+        let rows = self
+            .store
+            .scan::<User>(Scan {
+                after: cursor,
+                limit: limit + 1,
+                ..Default::default()
+            })
+            .await?;
+        let versions: std::collections::HashMap<String, u64> =
+            rows.iter().map(|r| (r.key.clone(), r.version)).collect();
+        Ok(paginate(rows, limit, |u: &User| {
+            UserView::of(u, versions.get(&u.username).copied().unwrap_or(0))
+        }))
     }
 
     /// Edit a user with optimistic concurrency: the update applies only on
@@ -175,12 +218,21 @@ impl Domain {
             actor.require(Role::Admin)?;
         }
         let version = upd.version.ok_or(DomainError::PreconditionRequired)?;
-        if actor.username() == Some(username) && (upd.disabled == Some(true) || upd.role.is_some_and(|r| r < Role::Admin) && actor.role() == Some(Role::Admin)) {
-            return Err(DomainError::invalid("role", "you cannot disable or demote yourself; ask another admin"));
+        if actor.username() == Some(username)
+            && (upd.disabled == Some(true)
+                || upd.role.is_some_and(|r| r < Role::Admin) && actor.role() == Some(Role::Admin))
+        {
+            return Err(DomainError::invalid(
+                "role",
+                "you cannot disable or demote yourself; ask another admin",
+            ));
         }
         let cur = self.load_user(username).await?;
         if cur.version != version {
-            return Err(DomainError::Conflict { what: "user", current: Some(cur.version) });
+            return Err(DomainError::Conflict {
+                what: "user",
+                current: Some(cur.version),
+            });
         }
         let mut user = cur.value;
         let mut changed = Vec::new();
@@ -200,7 +252,13 @@ impl Domain {
         user.updated_at = self.clock.now();
         let ops = vec![
             Op::put(username, &user, Expect::Version(version))?,
-            self.audit_op(actor, "user.update", username, "ok", serde_json::json!({ "changed": changed, "role": user.role, "disabled": user.disabled }))?,
+            self.audit_op(
+                actor,
+                "user.update",
+                username,
+                "ok",
+                serde_json::json!({ "changed": changed, "role": user.role, "disabled": user.disabled }),
+            )?,
         ];
         let v = self.store.commit(ops).await.map_err(conflict_as("user"))?;
         Ok(UserView::of(&user, v[0]))
@@ -209,7 +267,10 @@ impl Domain {
     pub async fn delete_user(&self, actor: &Actor, username: &str, version: Option<u64>) -> Result<(), DomainError> {
         actor.require(Role::Admin)?;
         if actor.username() == Some(username) {
-            return Err(DomainError::invalid("username", "you cannot delete yourself; ask another admin"));
+            return Err(DomainError::invalid(
+                "username",
+                "you cannot delete yourself; ask another admin",
+            ));
         }
         let cur = self.load_user(username).await?;
         let expect = Expect::Version(version.unwrap_or(cur.version));

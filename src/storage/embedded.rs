@@ -28,14 +28,13 @@ fn backend_err(e: impl std::fmt::Display) -> StorageError {
 impl EmbeddedBackend {
     pub(super) fn open(path: &Path) -> Result<Self, StorageError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StorageError::Backend(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StorageError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         }
         let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StorageError::Locked { path: path.display().to_string() }
-            }
+            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
+                path: path.display().to_string(),
+            },
             other => StorageError::Backend(format!("cannot open {}: {other}", path.display())),
         })?;
         // Create every table up front so readers never meet a missing one.
@@ -84,7 +83,11 @@ impl EmbeddedBackend {
                     Some(a) => a.clone(),
                     None => format!("{}\u{10FFFF}", scan.prefix),
                 };
-                for item in t.range(scan.prefix.as_str()..upper.as_str()).map_err(backend_err)?.rev() {
+                for item in t
+                    .range(scan.prefix.as_str()..upper.as_str())
+                    .map_err(backend_err)?
+                    .rev()
+                {
                     let (k, v) = item.map_err(backend_err)?;
                     if !push(k.value(), v.value())? {
                         break;
@@ -166,11 +169,18 @@ fn check(table: Table, key: &str, expect: Expect, current: Option<u64>) -> Resul
     if ok {
         Ok(())
     } else {
-        Err(StorageError::Conflict { table, key: key.to_string(), current })
+        Err(StorageError::Conflict {
+            table,
+            key: key.to_string(),
+            current,
+        })
     }
 }
 
 fn decode_raw(table: Table, key: &str, bytes: &[u8]) -> Result<RawDoc, StorageError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StorageError::Decode { table, key: key.to_string(), message: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Decode {
+        table,
+        key: key.to_string(),
+        message: e.to_string(),
+    })
 }

@@ -106,7 +106,13 @@ pub enum Expect {
 #[derive(Debug, Clone)]
 pub enum Op {
     /// Write a value; its version becomes the stored version + 1 (1 if new).
-    Put { table: Table, key: String, format: u32, data: serde_json::Value, expect: Expect },
+    Put {
+        table: Table,
+        key: String,
+        format: u32,
+        data: serde_json::Value,
+        expect: Expect,
+    },
     /// Remove a record (a no-op if absent and `expect` allows it).
     Delete { table: Table, key: String, expect: Expect },
     /// Only check the precondition: makes a commit depend on a record it
@@ -117,15 +123,29 @@ pub enum Op {
 impl Op {
     pub fn put<T: Record>(key: impl Into<String>, value: &T, expect: Expect) -> Result<Op, StorageError> {
         let data = serde_json::to_value(value).map_err(|e| StorageError::Encode(e.to_string()))?;
-        Ok(Op::Put { table: T::TABLE, key: key.into(), format: T::FORMAT, data, expect })
+        Ok(Op::Put {
+            table: T::TABLE,
+            key: key.into(),
+            format: T::FORMAT,
+            data,
+            expect,
+        })
     }
 
     pub fn delete<T: Record>(key: impl Into<String>, expect: Expect) -> Op {
-        Op::Delete { table: T::TABLE, key: key.into(), expect }
+        Op::Delete {
+            table: T::TABLE,
+            key: key.into(),
+            expect,
+        }
     }
 
     pub fn check<T: Record>(key: impl Into<String>, expect: Expect) -> Op {
-        Op::Check { table: T::TABLE, key: key.into(), expect }
+        Op::Check {
+            table: T::TABLE,
+            key: key.into(),
+            expect,
+        }
     }
 
     fn target(&self) -> (Table, &str, Expect) {
@@ -171,11 +191,22 @@ pub struct Change {
 pub enum StorageError {
     /// A precondition did not hold: someone else changed the record.
     #[error("{table:?}/{key} changed concurrently (current version: {current:?})")]
-    Conflict { table: Table, key: String, current: Option<u64> },
+    Conflict {
+        table: Table,
+        key: String,
+        current: Option<u64>,
+    },
     #[error("the store file {path} is in use by another process (one embedded store per process; run several instances on MongoDB)")]
     Locked { path: String },
-    #[error("stored {table:?}/{key} has format {format}, newer than this server understands ({known}); upgrade the server")]
-    FutureFormat { table: Table, key: String, format: u32, known: u32 },
+    #[error(
+        "stored {table:?}/{key} has format {format}, newer than this server understands ({known}); upgrade the server"
+    )]
+    FutureFormat {
+        table: Table,
+        key: String,
+        format: u32,
+        known: u32,
+    },
     #[error("cannot decode {table:?}/{key}: {message}")]
     Decode { table: Table, key: String, message: String },
     #[error("cannot encode a record: {0}")]
@@ -287,7 +318,10 @@ impl Store {
             Backend::Embedded(b) => b.commit(ops.clone(), fail_after).await?,
         };
         self.observe("commit", start);
-        let mut written = versions.iter().zip(ops.iter()).filter(|(_, op)| !matches!(op, Op::Check { .. }));
+        let mut written = versions
+            .iter()
+            .zip(ops.iter())
+            .filter(|(_, op)| !matches!(op, Op::Check { .. }));
         for (table, key, is_put) in changes {
             let version = written.next().map(|(v, _)| *v).filter(|_| is_put);
             // No receiver is fine: nobody is interested yet.
@@ -325,10 +359,22 @@ impl Store {
 
 fn decode<T: Record>(key: String, raw: RawDoc) -> Result<Versioned<T>, StorageError> {
     if raw.format > T::FORMAT {
-        return Err(StorageError::FutureFormat { table: T::TABLE, key, format: raw.format, known: T::FORMAT });
+        return Err(StorageError::FutureFormat {
+            table: T::TABLE,
+            key,
+            format: raw.format,
+            known: T::FORMAT,
+        });
     }
     // Older formats would be migrated here, one step per format version.
-    let value = serde_json::from_value(raw.data)
-        .map_err(|e| StorageError::Decode { table: T::TABLE, key: key.clone(), message: e.to_string() })?;
-    Ok(Versioned { key, version: raw.version, value })
+    let value = serde_json::from_value(raw.data).map_err(|e| StorageError::Decode {
+        table: T::TABLE,
+        key: key.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(Versioned {
+        key,
+        version: raw.version,
+        value,
+    })
 }

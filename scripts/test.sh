@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs on a fresh machine, then run it all:
+# format and lint checks, the Rust unit + integration tests, and the
+# packaging checks (Nix files, HAProxy config, OCI image).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Toolchain prerequisites"
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+step "Format and lint"
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+
+step "Rust tests (unit + integration)"
+if [ -z "${LINKMESH_TEST_MONGODB_URI:-}" ] && ! command -v mongod >/dev/null; then
+  echo "SKIPPED: MongoDB backend tests (no LINKMESH_TEST_MONGODB_URI and no mongod on PATH)"
+fi
+cargo nextest run --locked --no-fail-fast
+
+if [ -f nix/check.sh ]; then
+  step "Nix checks"
+  bash nix/check.sh
+fi
+if [ -f containers/check.sh ]; then
+  step "Container image checks"
+  bash containers/check.sh
+fi
+step "All checks passed"

@@ -1,0 +1,663 @@
+//! The REST API as a user sees it: login, roles, tokens, enrollment,
+//! versions, problem+json, the OpenAPI document.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use linkmesh::clock::{ManualClock, Timestamp};
+use linkmesh::domain::{Collector, CollectorCredential, EnrollmentToken};
+use linkmesh::storage::Scan;
+use serde_json::{json, Value};
+
+use super::support::*;
+
+#[tokio::test]
+async fn login_sets_a_hardened_cookie_and_wrong_passwords_get_problem_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/api/v1/auth/login", s.base))
+        .json(&json!({"username":"admin","password":ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+
+    let r = c
+        .post(format!("{}/api/v1/auth/login", s.base))
+        .json(&json!({"username":"admin","password":"wrong-password-x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["status"], 401);
+    assert_eq!(p["type"], "urn:linkmesh:problem:unauthenticated");
+
+    // Unauthenticated API calls are refused; probes are public.
+    assert_eq!(
+        c.get(format!("{}/api/v1/users", s.base)).send().await.unwrap().status(),
+        401
+    );
+    assert_eq!(c.get(format!("{}/healthz", s.base)).send().await.unwrap().status(), 200);
+    let metrics = c
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("linkmesh_http_requests_total"), "{metrics}");
+
+    // Logout ends the session server-side.
+    let a = admin(&s.base).await;
+    assert_eq!(
+        a.get(format!("{}/api/v1/auth/me", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        a.post(format!("{}/api/v1/auth/logout", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        a.get(format!("{}/api/v1/auth/me", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    s.stop().await;
+}
+
+/// Every route the server answers is in the OpenAPI document and every
+/// route in the document is served.
+#[tokio::test]
+async fn openapi_document_covers_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let doc: Value = reqwest::get(format!("{}/api/v1/openapi.json", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+        "GET /api/v1/openapi.json",
+        "POST /api/v1/auth/login",
+        "POST /api/v1/auth/logout",
+        "GET /api/v1/auth/me",
+        "GET /api/v1/users",
+        "POST /api/v1/users",
+        "GET /api/v1/users/{username}",
+        "PATCH /api/v1/users/{username}",
+        "DELETE /api/v1/users/{username}",
+        "GET /api/v1/api-tokens",
+        "POST /api/v1/api-tokens",
+        "DELETE /api/v1/api-tokens/{id}",
+        "GET /api/v1/enrollment-tokens",
+        "POST /api/v1/enrollment-tokens",
+        "POST /api/v1/enrollment-tokens/{id}/revoke",
+        "POST /api/v1/enroll",
+        "GET /api/v1/collectors",
+        "GET /api/v1/collectors/{id}",
+        "DELETE /api/v1/collectors/{id}",
+        "POST /api/v1/collectors/{id}/rotate-credential",
+        "GET /api/v1/canvas",
+        "PUT /api/v1/canvas",
+        "GET /api/v1/audit",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(documented, expected);
+
+    // Each documented route is routed: never the fallback 404 nor a 405.
+    let a = admin(&s.base).await;
+    for route in &documented {
+        let (method, path) = route.split_once(' ').unwrap();
+        let url = format!(
+            "{}{}",
+            s.base,
+            path.replace("{username}", "nobody").replace("{id}", "nothing")
+        );
+        let r = a
+            .request(method.parse().unwrap(), url)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_ne!(status, 405, "{route}");
+        assert!(!body.contains("no such route"), "{route} is documented but not routed");
+        if route == "POST /api/v1/auth/logout" {
+            break; // logs the client out; it is the last route that needs auth in order
+        }
+    }
+    // And an undocumented path is the fallback.
+    let r = a.get(format!("{}/api/v1/nope", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn roles_are_enforced_on_every_area() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let a = admin(&s.base).await;
+    let viewer = user_with_role(&s.base, &a, "vera", "viewer").await;
+    let editor = user_with_role(&s.base, &a, "ed", "editor").await;
+    let b = &s.base;
+
+    // Viewers read, but change nothing.
+    assert_eq!(
+        viewer
+            .get(format!("{b}/api/v1/collectors"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        viewer.get(format!("{b}/api/v1/canvas")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        viewer
+            .post(format!("{b}/api/v1/enrollment-tokens"))
+            .json(&json!({"name":"x"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        viewer
+            .put(format!("{b}/api/v1/canvas"))
+            .json(&json!({"version":0,"document":{}}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // Editors manage enrollment and the canvas, not users or the audit log.
+    assert_eq!(
+        editor
+            .post(format!("{b}/api/v1/enrollment-tokens"))
+            .json(&json!({"name":"x"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        editor
+            .put(format!("{b}/api/v1/canvas"))
+            .json(&json!({"version":0,"document":{"nodes":[]}}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        editor.get(format!("{b}/api/v1/users")).send().await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        editor.get(format!("{b}/api/v1/audit")).send().await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        editor
+            .post(format!("{b}/api/v1/users"))
+            .json(&json!({"username":"x","password":"xxxxxxxxxxxxxxxx","role":"admin"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // Users can see themselves and change their own password.
+    let me: Value = viewer
+        .get(format!("{b}/api/v1/users/vera"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = viewer
+        .patch(format!("{b}/api/v1/users/vera"))
+        .json(&json!({"password":"a-brand-new-password","version":me["version"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = viewer
+        .patch(format!("{b}/api/v1/users/vera"))
+        .json(&json!({"role":"admin","version":2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "no self-promotion");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn api_tokens_act_as_their_owner_until_revoked_or_the_owner_is_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let b = &s.base;
+    let a = admin(b).await;
+    let ed = user_with_role(b, &a, "ed", "editor").await;
+    let t: Value = ed
+        .post(format!("{b}/api/v1/api-tokens"))
+        .json(&json!({"name":"ci"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["token"].as_str().unwrap().to_string();
+    let bot = reqwest::Client::new();
+    let me: Value = bot
+        .get(format!("{b}/api/v1/auth/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "editor");
+    assert_eq!(me["username"], "ed");
+
+    // The stored record holds a hash, never the token.
+    let stored = s
+        .store
+        .scan::<linkmesh::domain::ApiToken>(Scan::default())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!token.contains(&stored[0].value.secret_hash) && !stored[0].value.secret_hash.is_empty());
+
+    // A tampered token is refused.
+    let r = bot
+        .get(format!("{b}/api/v1/auth/me"))
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Disabling the owner disables the token.
+    let u: Value = a
+        .get(format!("{b}/api/v1/users/ed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = a
+        .patch(format!("{b}/api/v1/users/ed"))
+        .header("If-Match", format!("\"{}\"", u["version"]))
+        .json(&json!({"disabled":true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        bot.get(format!("{b}/api/v1/auth/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = a
+        .patch(format!("{b}/api/v1/users/ed"))
+        .header("If-Match", r.headers()["etag"].to_str().unwrap())
+        .json(&json!({"disabled":false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        bot.get(format!("{b}/api/v1/auth/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Revoked tokens are refused.
+    let id = t["id"].as_str().unwrap();
+    assert_eq!(
+        a.delete(format!("{b}/api/v1/api-tokens/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        bot.get(format!("{b}/api/v1/auth/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn user_edits_need_the_version_they_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let b = &s.base;
+    let a = admin(b).await;
+    let r = a
+        .post(format!("{b}/api/v1/users"))
+        .json(&json!({"username":"ops","password":"ops-password-long","role":"viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["etag"], "\"1\"");
+
+    let r = a
+        .patch(format!("{b}/api/v1/users/ops"))
+        .json(&json!({"role":"editor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 428, "an edit without a version is refused");
+    let r = a
+        .patch(format!("{b}/api/v1/users/ops"))
+        .header("If-Match", "\"1\"")
+        .json(&json!({"role":"editor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "\"2\"");
+    let r = a
+        .patch(format!("{b}/api/v1/users/ops"))
+        .json(&json!({"role":"admin","version":1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["current_version"], 2);
+    let u: Value = a
+        .get(format!("{b}/api/v1/users/ops"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(u["role"], "editor", "the stale edit changed nothing");
+
+    // Bad input names the field.
+    let r = a
+        .post(format!("{b}/api/v1/users"))
+        .json(&json!({"username":"Bad Name","password":"ops-password-long","role":"viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["field"], "username");
+    let r = a
+        .post(format!("{b}/api/v1/users"))
+        .json(&json!({"username":"x","password":"p","role":"viewer","extra":1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("extra"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn enrollment_tokens_expire_run_out_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    let s = start_with_clock(open_store(dir.path()).await, test_config(dir.path()), clock.clone()).await;
+    let b = &s.base;
+    let a = admin(b).await;
+
+    let (_, two_uses) = enrollment_token(b, &a, json!({"name":"two","max_uses":2,"labels":{"env":"prod"}})).await;
+    let r = enroll(b, &two_uses, Some("0192f7a4-5b6c-7d8e-9f00-112233445566")).await;
+    assert_eq!(r.status(), 201);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["labels"]["env"], "prod");
+    assert!(e["credential"].as_str().unwrap().starts_with("lmc_"));
+    // The same instance_uid cannot enroll twice.
+    assert_eq!(
+        enroll(b, &two_uses, Some("0192f7a4-5b6c-7d8e-9f00-112233445566"))
+            .await
+            .status(),
+        409
+    );
+    assert_eq!(enroll(b, &two_uses, None).await.status(), 201);
+    let r = enroll(b, &two_uses, None).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("used up"));
+
+    let (_, short) = enrollment_token(b, &a, json!({"name":"short","expires_in":"1h"})).await;
+    clock.advance(Duration::from_secs(3601));
+    let r = enroll(b, &short, None).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("expired"));
+
+    let (id, revoked) = enrollment_token(b, &a, json!({"name":"rev"})).await;
+    assert_eq!(
+        a.post(format!("{b}/api/v1/enrollment-tokens/{id}/revoke"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(enroll(b, &revoked, None).await.status(), 403);
+    assert_eq!(
+        enroll(b, "lme_00000000000000000000000000000000_nope", None)
+            .await
+            .status(),
+        401
+    );
+
+    // Tokens are stored hashed; listing never shows a secret.
+    let listed = a
+        .get(format!("{b}/api/v1/enrollment-tokens"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listed.contains(&two_uses[40..]), "a listed token leaks its secret");
+    let stored = s.store.scan::<EnrollmentToken>(Scan::default()).await.unwrap();
+    assert!(stored.iter().all(|t| !two_uses.contains(&t.value.secret_hash)));
+    let states: Vec<String> = serde_json::from_str::<Value>(&listed).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["used_up", "expired", "revoked"]);
+
+    // Refusals are audited.
+    let audit: Value = a
+        .get(format!("{b}/api/v1/audit?action=collector.enroll"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let outcomes: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&"refused: used up")
+            && outcomes.contains(&"refused: expired")
+            && outcomes.contains(&"refused: revoked"),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes.iter().filter(|o| **o == "ok").count(), 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn credential_rotation_refuses_the_old_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let b = &s.base;
+    let a = admin(b).await;
+    let (_, token) = enrollment_token(b, &a, json!({"name":"t"})).await;
+    let e: Value = enroll(b, &token, None).await.json().await.unwrap();
+    let (id, old) = (
+        e["collector_id"].as_str().unwrap().to_string(),
+        e["credential"].as_str().unwrap().to_string(),
+    );
+
+    let domain = linkmesh::domain::Domain::new(
+        s.store.clone(),
+        Arc::new(linkmesh::clock::SystemClock),
+        "t".into(),
+        linkmesh::domain::AuthSettings {
+            session_ttl: Duration::from_secs(60),
+            api_token_ttl: Duration::from_secs(60),
+            enrollment_token_ttl: Duration::from_secs(60),
+        },
+    );
+    assert_eq!(domain.authenticate_collector(&old).await.unwrap().key, id);
+
+    let r: Value = a
+        .post(format!("{b}/api/v1/collectors/{id}/rotate-credential"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new = r["credential"].as_str().unwrap();
+    assert_ne!(new, old);
+    assert!(
+        domain.authenticate_collector(&old).await.is_err(),
+        "the rotated-away credential still works"
+    );
+    assert_eq!(domain.authenticate_collector(new).await.unwrap().key, id);
+
+    let c = s.store.get::<Collector>(&id).await.unwrap().unwrap();
+    assert_eq!(c.value.credential_ids.len(), 2);
+    let creds = s.store.scan::<CollectorCredential>(Scan::default()).await.unwrap();
+    assert_eq!(creds.iter().filter(|c| c.value.revoked_at.is_some()).count(), 1);
+
+    let audit: Value = a
+        .get(format!("{b}/api/v1/audit?action=collector."))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"collector.rotate_credential") && actions.contains(&"collector.authenticate"),
+        "{actions:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn lists_paginate_with_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let b = &s.base;
+    let a = admin(b).await;
+    let (_, token) = enrollment_token(b, &a, json!({"name":"t","labels":{"site":"a"}})).await;
+    for _ in 0..7 {
+        assert_eq!(enroll(b, &token, None).await.status(), 201);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{b}/api/v1/collectors?limit=3&selector=site=a");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = a.get(url).send().await.unwrap().json().await.unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(items.iter().map(|c| c["id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+    assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), 7, "no collector twice");
+    let none: Value = a
+        .get(format!("{b}/api/v1/collectors?selector=site=b"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(none["items"].as_array().unwrap().is_empty());
+    s.stop().await;
+}

@@ -1,0 +1,135 @@
+//! The real binary: SIGKILL in the middle of an enrollment burst loses no
+//! acknowledged enrollment, and a second process on the same store file is
+//! refused with a clear message.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use linkmesh::domain::{Collector, CollectorCredential};
+use linkmesh::storage::Store;
+use serde_json::{json, Value};
+
+use super::support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_server(dir: &Path, port: u16) -> Child {
+    let config = dir.join("linkmesh.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhttp_listen = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:0\"\n[storage.embedded]\npath = {:?}\n[telemetry]\nlog_level = \"warn\"\n",
+            dir.join("store.redb")
+        ),
+    )
+    .unwrap();
+    Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("LINKMESH_AUTH__BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_an_enrollment_burst_loses_no_acknowledged_enrollment() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_server(dir.path(), port);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base).await;
+    let a = admin(&base).await;
+    let (_, token) = enrollment_token(&base, &a, json!({"name":"burst"})).await;
+
+    let acked = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (base, token, acked) = (base.clone(), token.clone(), acked.clone());
+        workers.push(tokio::spawn(async move {
+            // Bounded: stops at the first failure (the kill) or after 500.
+            for _ in 0..500 {
+                let Ok(r) = reqwest::Client::new()
+                    .post(format!("{base}/api/v1/enroll"))
+                    .json(&json!({"token": token}))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if r.status() != 201 {
+                    return;
+                }
+                let Ok(v) = r.json::<Value>().await else { return };
+                acked.lock().unwrap().push((
+                    v["collector_id"].as_str().unwrap().into(),
+                    v["credential"].as_str().unwrap().into(),
+                ));
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 100,
+        "the burst was too small to mean anything: {}",
+        acked.len()
+    );
+
+    // Reopen the file the killed process held: every acknowledged
+    // enrollment is there, with a working credential.
+    let store = Store::open_embedded(&dir.path().join("store.redb")).await.unwrap();
+    let domain = linkmesh::domain::Domain::new(
+        store.clone(),
+        Arc::new(linkmesh::clock::SystemClock),
+        "t".into(),
+        linkmesh::domain::AuthSettings {
+            session_ttl: Duration::from_secs(60),
+            api_token_ttl: Duration::from_secs(60),
+            enrollment_token_ttl: Duration::from_secs(60),
+        },
+    );
+    for (id, credential) in &acked {
+        let c = store.get::<Collector>(id).await.unwrap();
+        assert!(c.is_some(), "acknowledged collector {id} lost");
+        let cred_id = &c.unwrap().value.credential_ids[0];
+        assert!(store.get::<CollectorCredential>(cred_id).await.unwrap().is_some());
+        assert_eq!(domain.authenticate_collector(credential).await.unwrap().key, *id);
+    }
+    println!(
+        "acknowledged before SIGKILL: {}, all present after restart",
+        acked.len()
+    );
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_store_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = spawn_server(dir.path(), port);
+    wait_ready(&format!("http://127.0.0.1:{port}")).await;
+    let second = spawn_server(dir.path(), free_port());
+    let out = second.wait_with_output().unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+}

@@ -1,0 +1,10 @@
+//! Integration tests: one test binary (link time), one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod concurrency;
+mod config;
+mod conformance;
+mod durability;
+mod support;
+mod tls;

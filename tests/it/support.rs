@@ -1,0 +1,167 @@
+//! Test harness: in-process server instances on loopback port 0, sharing a
+//! store when asked (the shape of an HA pair), and HTTP clients.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use linkmesh::clock::{Clock, SystemClock};
+use linkmesh::config::{Config, Secret};
+use linkmesh::storage::Store;
+use linkmesh::{Listeners, RunError};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery-staple";
+
+pub struct TestServer {
+    pub base: String,
+    pub store: Store,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), RunError>>>,
+}
+
+impl TestServer {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+/// A config for tests: loopback, bootstrap admin, short grace.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.http_listen = "127.0.0.1:0".parse().unwrap();
+    c.server.shutdown_grace = Duration::from_secs(2);
+    c.storage.embedded.path = data_dir.join("linkmesh.redb");
+    c.auth.bootstrap_admin_password = Some(Secret::new(ADMIN_PASSWORD));
+    c
+}
+
+pub async fn open_store(dir: &Path) -> Store {
+    Store::open_embedded(&dir.join("linkmesh.redb")).await.unwrap()
+}
+
+/// Start an instance on `store`.
+pub async fn start(store: Store, config: Config) -> TestServer {
+    start_with_clock(store, config, Arc::new(SystemClock)).await
+}
+
+pub async fn start_with_clock(store: Store, config: Config, clock: Arc<dyn Clock>) -> TestServer {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", http.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(linkmesh::run_with_store(
+        config,
+        store.clone(),
+        clock,
+        Listeners { http },
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let server = TestServer {
+        base,
+        store,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    };
+    wait_ready(&server.base).await;
+    server
+}
+
+/// A fresh store in `dir` and one instance on it.
+pub async fn start_fresh(dir: &Path) -> TestServer {
+    start(open_store(dir).await, test_config(dir)).await
+}
+
+pub async fn wait_ready(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{base} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A client with a cookie jar, logged in as `user`.
+pub async fn login(base: &str, user: &str, password: &str) -> reqwest::Client {
+    let client = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let r = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({ "username": user, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "login as {user} failed: {}", r.text().await.unwrap());
+    client
+}
+
+pub async fn admin(base: &str) -> reqwest::Client {
+    login(base, "admin", ADMIN_PASSWORD).await
+}
+
+/// Create a user with `role` through the API and log in as them.
+pub async fn user_with_role(base: &str, admin: &reqwest::Client, name: &str, role: &str) -> reqwest::Client {
+    let pw = format!("{name}-password-long");
+    let r = admin
+        .post(format!("{base}/api/v1/users"))
+        .json(&json!({ "username": name, "password": pw, "role": role }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    login(base, name, &pw).await
+}
+
+/// Create an enrollment token; returns (id, secret).
+pub async fn enrollment_token(base: &str, client: &reqwest::Client, body: Value) -> (String, String) {
+    let r = client
+        .post(format!("{base}/api/v1/enrollment-tokens"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    (v["id"].as_str().unwrap().into(), v["token"].as_str().unwrap().into())
+}
+
+pub async fn enroll(base: &str, token: &str, uid: Option<&str>) -> reqwest::Response {
+    let mut body = json!({ "token": token, "name": "test-collector" });
+    if let Some(uid) = uid {
+        body["instance_uid"] = json!(uid);
+    }
+    reqwest::Client::new()
+        .post(format!("{base}/api/v1/enroll"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_linkmesh"))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
