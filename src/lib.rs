@@ -9,9 +9,11 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod fleet;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -22,13 +24,16 @@ use tokio::net::TcpListener;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StorageBackend};
 use crate::domain::{AuthSettings, Domain};
+use crate::fleet::{Fleet, FleetSettings};
 use crate::storage::{StorageError, Store};
 use crate::telemetry::Metrics;
 
 /// Sockets the server serves on, bound by the caller.
 pub struct Listeners {
-    /// Web UI, REST API (and OpAMP HTTP/WebSocket).
+    /// Web UI, REST API and OpAMP HTTP/WebSocket.
     pub http: TcpListener,
+    /// Collector gRPC endpoint.
+    pub grpc: TcpListener,
 }
 
 impl Listeners {
@@ -40,7 +45,13 @@ impl Listeners {
             addr: addr.to_string(),
             source: e,
         })?;
-        Ok(Listeners { http })
+        let addr = config.server.grpc_listen;
+        let grpc = TcpListener::bind(addr).await.map_err(|e| RunError::Bind {
+            key: "server.grpc_listen",
+            addr: addr.to_string(),
+            source: e,
+        })?;
+        Ok(Listeners { http, grpc })
     }
 }
 
@@ -109,56 +120,101 @@ pub async fn run_with_store(
         }
     }
 
-    let state = Arc::new(api::AppState::new(
+    let fleet = Fleet::start(
         domain.clone(),
+        FleetSettings {
+            instance: instance.clone(),
+            liveness_timeout: config.fleet.liveness_timeout,
+        },
+        metrics.clone(),
+    );
+    let state = Arc::new(api::AppState {
+        domain: domain.clone(),
+        fleet: fleet.clone(),
+        max_request_bytes: config.server.max_request_bytes,
         metrics,
-        config.telemetry.metrics,
-        instance.clone(),
-        config.cookie_secure(),
-        config.auth.session_ttl,
-    ));
+        metrics_enabled: config.telemetry.metrics,
+        instance: instance.clone(),
+        cookie_secure: config.cookie_secure(),
+        session_ttl: config.auth.session_ttl,
+        openapi_json: Default::default(),
+    });
     let app = api::router(state, config.server.max_request_bytes);
 
-    let sweeper = tokio::spawn(sweep_sessions(domain.clone()));
-    let addr = listeners.http.local_addr().map_err(RunError::Serve)?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let graceful = async move {
-        let _ = stop_rx.await;
+    // One stop signal for both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
-    let server = match &config.tls {
-        Some(tls_cfg) => {
-            let sc = tls::server_config(tls_cfg, &[b"h2", b"http/1.1"])?;
-            let listener = tls::TlsListener::new(listeners.http, sc).map_err(RunError::Serve)?;
-            tracing::info!(%addr, instance, "Serving HTTPS.");
+    let tls = match &config.tls {
+        Some(t) => Some(tls::server_config(t, &[b"h2", b"http/1.1"])?),
+        None => None,
+    };
+    let http_addr = listeners.http.local_addr().map_err(RunError::Serve)?;
+    let grpc_addr = listeners.grpc.local_addr().map_err(RunError::Serve)?;
+    let web = match &tls {
+        Some(sc) => {
+            let listener = tls::TlsListener::new(listeners.http, sc.clone()).map_err(RunError::Serve)?;
             tokio::spawn(
                 axum::serve(listener, app)
-                    .with_graceful_shutdown(graceful)
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
                     .into_future(),
             )
+        }
+        None => tokio::spawn(
+            axum::serve(listeners.http, app)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        ),
+    };
+    let grpc_service = transport::grpc::service(fleet.clone(), config.server.max_request_bytes);
+    let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .add_service(grpc_service);
+    let grpc = match &tls {
+        Some(sc) => {
+            let mut sc = (**sc).clone();
+            sc.alpn_protocols = vec![b"h2".to_vec()];
+            let listener = tls::TlsListener::new(listeners.grpc, Arc::new(sc)).map_err(RunError::Serve)?;
+            tokio::spawn(grpc_server.serve_with_incoming_shutdown(listener.into_stream(), stopped(stop_rx.clone())))
         }
         None => {
-            tracing::info!(%addr, instance, "Serving HTTP.");
-            tokio::spawn(
-                axum::serve(listeners.http, app)
-                    .with_graceful_shutdown(graceful)
-                    .into_future(),
-            )
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+            tokio::spawn(grpc_server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())))
         }
     };
-    let mut server = server;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%http_addr, %grpc_addr, scheme, instance, "Serving the web/API and collector listeners.");
+
+    let sweeper = tokio::spawn(sweep_sessions(domain.clone()));
+    let mut web = web;
+    let mut grpc = grpc;
     let result = tokio::select! {
-        r = &mut server => r.map_err(|e| RunError::Serve(std::io::Error::other(e))).and_then(|r| r.map_err(RunError::Serve)),
+        r = &mut web => Err(RunError::Serve(match r {
+            Ok(Ok(())) => std::io::Error::other("the web server stopped"),
+            Ok(Err(e)) => e,
+            Err(e) => std::io::Error::other(e),
+        })),
+        r = &mut grpc => Err(RunError::Serve(std::io::Error::other(match r {
+            Ok(Ok(())) => "the gRPC server stopped".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }))),
         _ = shutdown => {
             tracing::info!(grace = ?config.server.shutdown_grace, "Shutting down; draining in-flight requests.");
-            let _ = stop_tx.send(());
-            match tokio::time::timeout(config.server.shutdown_grace, &mut server).await {
-                Ok(_) => Ok(()),
-                Err(_) => {
-                    tracing::warn!("Shutdown grace expired; closing the remaining connections.");
-                    server.abort();
-                    Ok(())
-                }
+            let _ = stop_tx.send(true);
+            let drained = tokio::time::timeout(config.server.shutdown_grace, async {
+                let _ = (&mut web).await;
+                let _ = (&mut grpc).await;
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!("Shutdown grace expired; closing the remaining connections.");
+                web.abort();
+                grpc.abort();
             }
+            Ok(())
         }
     };
     sweeper.abort();
@@ -198,4 +254,24 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// Generated protocol code (proto/): OpAMP messages and the LinkMesh
+/// collector service. Modules mirror the proto packages (`opamp.proto`,
+/// `linkmesh.v1`) because the generated code refers to them by path.
+pub mod proto {
+    pub mod opamp {
+        #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used)]
+        pub mod proto {
+            tonic::include_proto!("opamp.proto");
+        }
+    }
+    pub mod linkmesh {
+        #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used)]
+        pub mod v1 {
+            tonic::include_proto!("linkmesh.v1");
+        }
+    }
+    pub use linkmesh::v1 as service;
+    pub use opamp::proto as opamp_msgs;
 }

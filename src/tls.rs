@@ -166,6 +166,15 @@ impl TlsListener {
     }
 }
 
+impl TlsListener {
+    /// The finished connections as a stream (for tonic's incoming).
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
+        futures::stream::unfold(self.rx, |mut rx| async move {
+            rx.recv().await.map(|(tls, _)| (Ok(tls), rx))
+        })
+    }
+}
+
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;

@@ -7,6 +7,7 @@ mod canvas;
 mod collectors;
 pub mod error;
 pub mod extract;
+mod fleet;
 mod health;
 mod tokens;
 mod users;
@@ -25,39 +26,22 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::domain::Domain;
+use crate::fleet::Fleet;
 use crate::telemetry::Metrics;
 use error::ApiError;
 
 /// What handlers share.
 pub struct AppState {
     pub domain: Domain,
+    pub fleet: Fleet,
+    pub max_request_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub metrics_enabled: bool,
     pub instance: String,
     pub cookie_secure: bool,
     pub session_ttl: Duration,
-    openapi_json: OnceLock<String>,
-}
-
-impl AppState {
-    pub fn new(
-        domain: Domain,
-        metrics: Arc<Metrics>,
-        metrics_enabled: bool,
-        instance: String,
-        cookie_secure: bool,
-        session_ttl: Duration,
-    ) -> Self {
-        AppState {
-            domain,
-            metrics,
-            metrics_enabled,
-            instance,
-            cookie_secure,
-            session_ttl,
-            openapi_json: OnceLock::new(),
-        }
-    }
+    /// Filled by `router()`; start with `Default::default()`.
+    pub openapi_json: OnceLock<String>,
 }
 
 #[derive(OpenApi)]
@@ -73,6 +57,8 @@ impl AppState {
         (name = "canvas", description = "The routing canvas"),
         (name = "audit", description = "Audit log"),
         (name = "health", description = "Probes and metrics"),
+        (name = "fleet", description = "Fleet status, labels, commands, pinned configs"),
+        (name = "opamp", description = "OpAMP transports for collectors (protobuf)"),
     )
 )]
 struct ApiDoc;
@@ -102,6 +88,11 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(tokens::routes())
         .merge(collectors::routes())
         .merge(canvas::routes())
+        .merge(fleet::routes())
+        .routes(routes!(
+            crate::transport::opamp_http::post,
+            crate::transport::opamp_ws::upgrade
+        ))
         .routes(routes!(openapi_json))
         .split_for_parts();
     let json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());

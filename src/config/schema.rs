@@ -30,6 +30,31 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// Collector sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// A collector that sends nothing for this long is marked disconnected
+    /// (some OpAMP clients never send agent_disconnect); about three
+    /// heartbeat intervals of the agents.
+    #[serde(default = "default_liveness_timeout", with = "humantime_serde")]
+    pub liveness_timeout: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            liveness_timeout: default_liveness_timeout(),
+        }
+    }
+}
+
+fn default_liveness_timeout() -> Duration {
+    Duration::from_secs(90)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,20 +6,11 @@ use utoipa::ToSchema;
 
 use super::secrets::{self, SecretKind};
 use super::{
-    conflict_as, page_limit, Actor, Collector, CollectorCredential, CollectorStatus, Domain, DomainError, Page,
-    PendingCommands, Role,
+    conflict_as, Actor, Collector, CollectorCredential, CollectorStatus, Command, ConfigAssignment, Domain,
+    DomainError, PendingCommands, Role,
 };
 use crate::clock::Timestamp;
-use crate::storage::{Expect, Op, Scan, StorageError, Versioned};
-
-/// Filters of the collector list.
-#[derive(Debug, Clone, Default)]
-pub struct CollectorQuery {
-    /// Only collectors carrying all these labels.
-    pub labels: super::Labels,
-    pub cursor: Option<String>,
-    pub limit: Option<usize>,
-}
+use crate::storage::{Expect, Op, StorageError, Versioned};
 
 /// A new credential, shown once.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -55,54 +46,6 @@ impl CollectorView {
 }
 
 impl Domain {
-    pub async fn get_collector(&self, actor: &Actor, id: &str) -> Result<CollectorView, DomainError> {
-        actor.require(Role::Viewer)?;
-        self.store
-            .get::<Collector>(id)
-            .await?
-            .map(|c| CollectorView::of(&c))
-            .ok_or_else(|| DomainError::NotFound {
-                what: "collector",
-                id: id.into(),
-            })
-    }
-
-    pub async fn list_collectors(&self, actor: &Actor, q: CollectorQuery) -> Result<Page<CollectorView>, DomainError> {
-        actor.require(Role::Viewer)?;
-        let limit = page_limit(q.limit);
-        // Filtering happens after the scan; keep scanning until the page is
-        // full so a selective filter still returns full pages.
-        let mut out: Vec<Versioned<Collector>> = Vec::new();
-        let mut after = q.cursor.clone();
-        loop {
-            let batch = self
-                .store
-                .scan::<Collector>(Scan {
-                    after: after.clone(),
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .await?;
-            let done = batch.len() < 1000;
-            after = batch.last().map(|c| c.key.clone());
-            out.extend(
-                batch
-                    .into_iter()
-                    .filter(|c| q.labels.iter().all(|(k, v)| c.value.labels.get(k) == Some(v))),
-            );
-            if done || out.len() > limit {
-                break;
-            }
-        }
-        let more = out.len() > limit;
-        out.truncate(limit);
-        let next_cursor = if more { out.last().map(|c| c.key.clone()) } else { None };
-        Ok(Page {
-            items: out.iter().map(CollectorView::of).collect(),
-            next_cursor,
-        })
-    }
-
     /// Check a collector's bearer credential; returns the collector. Refusals
     /// are audited (an unknown credential hammering the endpoint shows up).
     pub async fn authenticate_collector(&self, token: &str) -> Result<Versioned<Collector>, DomainError> {
@@ -224,6 +167,7 @@ impl Domain {
             }
             ops.push(Op::delete::<CollectorStatus>(collector_id, Expect::Any));
             ops.push(Op::delete::<PendingCommands>(collector_id, Expect::Any));
+            ops.push(Op::delete::<ConfigAssignment>(collector_id, Expect::Any));
             ops.push(self.audit_op(
                 actor,
                 "collector.deregister",
@@ -245,3 +189,174 @@ impl Domain {
         })
     }
 }
+
+impl Domain {
+    /// Replace a collector's labels on top of the version the editor read.
+    pub async fn update_labels(
+        &self,
+        actor: &Actor,
+        collector_id: &str,
+        version: Option<u64>,
+        labels: super::Labels,
+    ) -> Result<CollectorView, DomainError> {
+        actor.require(Role::Editor)?;
+        let version = version.ok_or(DomainError::PreconditionRequired)?;
+        super::validate_labels("labels", &labels)?;
+        let Some(cur) = self.store.get::<Collector>(collector_id).await? else {
+            return Err(DomainError::NotFound {
+                what: "collector",
+                id: collector_id.into(),
+            });
+        };
+        if cur.version != version {
+            return Err(DomainError::Conflict {
+                what: "collector",
+                current: Some(cur.version),
+            });
+        }
+        let mut c = cur.value;
+        let before = std::mem::replace(&mut c.labels, labels);
+        let ops = vec![
+            Op::put(collector_id, &c, Expect::Version(version))?,
+            self.audit_op(
+                actor,
+                "collector.update_labels",
+                collector_id,
+                "ok",
+                serde_json::json!({ "before": before, "after": c.labels }),
+            )?,
+        ];
+        let v = self.store.commit(ops).await.map_err(conflict_as("collector"))?;
+        Ok(CollectorView::of(&Versioned {
+            key: collector_id.into(),
+            version: v[0],
+            value: c,
+        }))
+    }
+
+    /// Queue a command (e.g. `restart`) for a collector. Whichever instance
+    /// holds its connection delivers it (it learns of it from the change
+    /// feed).
+    pub async fn queue_command(&self, actor: &Actor, collector_id: &str, kind: &str) -> Result<Command, DomainError> {
+        actor.require(Role::Editor)?;
+        let command = Command {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.into(),
+            created_at: self.clock.now(),
+        };
+        for _ in 0..super::MAX_ATTEMPTS {
+            let cur = self.store.get::<PendingCommands>(collector_id).await?;
+            let (mut pending, expect) = match cur {
+                Some(p) => (p.value, Expect::Version(p.version)),
+                None => (
+                    PendingCommands {
+                        collector_id: collector_id.into(),
+                        items: vec![],
+                    },
+                    Expect::Absent,
+                ),
+            };
+            pending.items.push(command.clone());
+            let ops = vec![
+                Op::check::<Collector>(collector_id, Expect::Present),
+                Op::put(collector_id, &pending, expect)?,
+                self.audit_op(
+                    actor,
+                    &format!("collector.{kind}"),
+                    collector_id,
+                    "queued",
+                    serde_json::Value::Null,
+                )?,
+            ];
+            match self.store.commit(ops).await {
+                Ok(_) => return Ok(command),
+                Err(StorageError::Conflict {
+                    table: crate::storage::Table::Collectors,
+                    ..
+                }) => {
+                    return Err(DomainError::NotFound {
+                        what: "collector",
+                        id: collector_id.into(),
+                    })
+                }
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DomainError::Conflict {
+            what: "pending commands",
+            current: None,
+        })
+    }
+
+    /// Take the pending commands of a collector (delivered by the caller).
+    pub async fn take_commands(&self, collector_id: &str) -> Result<Vec<Command>, DomainError> {
+        for _ in 0..super::MAX_ATTEMPTS {
+            let Some(cur) = self.store.get::<PendingCommands>(collector_id).await? else {
+                return Ok(vec![]);
+            };
+            match self
+                .store
+                .commit(vec![Op::delete::<PendingCommands>(
+                    collector_id,
+                    Expect::Version(cur.version),
+                )])
+                .await
+            {
+                Ok(_) => return Ok(cur.value.items),
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(vec![])
+    }
+
+    /// Pin a config to a collector, or (`target` = `_default`) set the
+    /// fleet default.
+    pub async fn set_assignment(
+        &self,
+        actor: &Actor,
+        target: &str,
+        files: std::collections::BTreeMap<String, super::AssignedFile>,
+    ) -> Result<(), DomainError> {
+        actor.require(Role::Editor)?;
+        if files.is_empty() {
+            return Err(DomainError::invalid(
+                "files",
+                "give at least one file (DELETE removes the assignment)",
+            ));
+        }
+        let assignment = ConfigAssignment {
+            files,
+            updated_at: self.clock.now(),
+            updated_by: actor.audit_name(),
+        };
+        let mut ops = vec![];
+        if target != DEFAULT_ASSIGNMENT {
+            ops.push(Op::check::<Collector>(target, Expect::Present));
+        }
+        ops.push(Op::put(target, &assignment, Expect::Any)?);
+        ops.push(self.audit_op(actor, "config.assign", target, "ok", serde_json::Value::Null)?);
+        match self.store.commit(ops).await {
+            Err(StorageError::Conflict { .. }) => Err(DomainError::NotFound {
+                what: "collector",
+                id: target.into(),
+            }),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    pub async fn delete_assignment(&self, actor: &Actor, target: &str) -> Result<(), DomainError> {
+        actor.require(Role::Editor)?;
+        self.store
+            .commit(vec![
+                Op::delete::<ConfigAssignment>(target, Expect::Any),
+                self.audit_op(actor, "config.unassign", target, "ok", serde_json::Value::Null)?,
+            ])
+            .await?;
+        Ok(())
+    }
+}
+
+/// Key of the fleet-wide default assignment.
+pub const DEFAULT_ASSIGNMENT: &str = "_default";

@@ -23,7 +23,7 @@ use serde::Serialize;
 pub use audit::AuditQuery;
 pub use auth::{ApiTokenCreated, ApiTokenView, LoginResult, NewApiToken};
 pub use canvas::CanvasDoc;
-pub use collectors::{CollectorQuery, CollectorView, RotatedCredential};
+pub use collectors::{CollectorView, RotatedCredential, DEFAULT_ASSIGNMENT};
 pub use enrollment::{EnrollRequest, Enrolled, EnrollmentTokenCreated, EnrollmentTokenView, NewEnrollmentToken};
 pub use records::*;
 pub use users::{NewUser, UserUpdate, UserView};
@@ -131,7 +131,7 @@ pub struct Page<T> {
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
-pub(crate) fn page_limit(limit: Option<usize>) -> usize {
+pub fn page_limit(limit: Option<usize>) -> usize {
     limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
 }
 

@@ -42,17 +42,102 @@ impl Record for CollectorCredential {
     const TABLE: Table = Table::CollectorCredentials;
 }
 
-/// Last reported status of a collector (written by the fleet module);
-/// keyed by collector id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Last reported status of a collector, written by the fleet module of the
+/// instance holding its connection; keyed by collector id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CollectorStatus {
     pub collector_id: String,
-    pub updated_at: Timestamp,
-    #[serde(default)]
-    pub detail: serde_json::Value,
+    /// Connected to `instance` (see `ServerInstance` for whether that
+    /// instance is itself alive).
+    pub connected: bool,
+    /// The instance holding (or last holding) the connection.
+    pub instance: String,
+    /// `grpc`, `websocket` or `http`.
+    pub transport: String,
+    pub connected_at: Option<Timestamp>,
+    pub last_seen: Option<Timestamp>,
+    /// AgentCapabilities bits the collector reported.
+    pub capabilities: u64,
+    pub description: AgentDescriptionView,
+    pub health: Option<HealthView>,
+    pub effective_config: Option<EffectiveConfigView>,
+    pub remote_config: Option<RemoteConfigView>,
 }
 impl Record for CollectorStatus {
     const TABLE: Table = Table::CollectorStatus;
+}
+
+/// AgentDescription attributes, rendered as strings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentDescriptionView {
+    pub identifying: BTreeMap<String, String>,
+    pub non_identifying: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    pub healthy: bool,
+    pub status: String,
+    pub last_error: String,
+    pub start_time: Option<Timestamp>,
+    #[serde(default)]
+    #[schema(no_recursion)]
+    pub components: BTreeMap<String, HealthView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EffectiveConfigView {
+    /// SHA-256 (hex) over the reported files, in name order.
+    pub hash: String,
+    /// File name -> body (as text, cut at 256 KiB).
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RemoteConfigView {
+    /// `APPLIED`, `APPLYING`, `FAILED` or `UNSET`.
+    pub status: String,
+    /// Hash (hex) of the remote config the status is about.
+    pub hash: String,
+    pub error_message: String,
+}
+
+/// A config pinned to one collector (key: its id), or the fleet default
+/// (key: `_default`) for collectors nothing else configures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConfigAssignment {
+    /// File name -> file.
+    pub files: BTreeMap<String, AssignedFile>,
+    pub updated_at: Timestamp,
+    pub updated_by: String,
+}
+impl Record for ConfigAssignment {
+    const TABLE: Table = Table::ConfigAssignments;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AssignedFile {
+    pub body: String,
+    /// e.g. `application/yaml`.
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+}
+
+fn default_content_type() -> String {
+    "application/yaml".into()
+}
+
+/// Presence of a server instance; refreshed every few seconds, so a stale
+/// row means the instance is gone (and its collectors are not connected).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServerInstance {
+    pub name: String,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+    pub connected_collectors: u64,
+}
+impl Record for ServerInstance {
+    const TABLE: Table = Table::ServerInstances;
 }
 
 /// Commands waiting for a collector (restart, …); one document per

@@ -17,7 +17,7 @@ pub struct Probe {
     pub s: String,
 }
 impl Record for Probe {
-    const TABLE: Table = Table::ServerInstances;
+    const TABLE: Table = Table::Canvas;
 }
 
 fn probe(n: u64) -> Probe {
@@ -58,7 +58,7 @@ pub async fn versions_and_preconditions(store: Store) {
         .await
     {
         Err(StorageError::Conflict {
-            table: Table::ServerInstances,
+            table: Table::Canvas,
             key,
             current: Some(1),
         }) => assert_eq!(key, "a"),
@@ -225,7 +225,7 @@ pub async fn change_feed_reports_commits(store: Store) {
     assert_eq!(
         first,
         Change {
-            table: Table::ServerInstances,
+            table: Table::Canvas,
             key: "p".into(),
             version: Some(1)
         }
@@ -234,7 +234,7 @@ pub async fn change_feed_reports_commits(store: Store) {
     assert_eq!(
         second,
         Change {
-            table: Table::ServerInstances,
+            table: Table::Canvas,
             key: "p".into(),
             version: None
         },
@@ -283,7 +283,7 @@ pub async fn future_format_is_refused(store: Store) {
     let data = serde_json::to_value(probe(1)).unwrap();
     store
         .commit(vec![Op::Put {
-            table: Table::ServerInstances,
+            table: Table::Canvas,
             key: "f".into(),
             format: 99,
             data,

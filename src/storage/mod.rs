@@ -39,10 +39,11 @@ pub enum Table {
     Canvas,
     AuditEvents,
     ServerInstances,
+    ConfigAssignments,
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Collectors,
         Table::CollectorCredentials,
         Table::CollectorStatus,
@@ -54,6 +55,7 @@ impl Table {
         Table::Canvas,
         Table::AuditEvents,
         Table::ServerInstances,
+        Table::ConfigAssignments,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +71,7 @@ impl Table {
             Table::Canvas => "canvas",
             Table::AuditEvents => "audit_events",
             Table::ServerInstances => "server_instances",
+            Table::ConfigAssignments => "config_assignments",
         }
     }
 }

@@ -169,8 +169,18 @@ async fn an_interrupted_deregistration_leaves_nothing_half_deleted() {
                 &id,
                 &CollectorStatus {
                     collector_id: id.clone(),
+                    connected: true,
+                    ..Default::default()
+                },
+                Expect::Absent,
+            )
+            .unwrap(),
+            Op::put(
+                &id,
+                &linkmesh::domain::ConfigAssignment {
+                    files: Default::default(),
                     updated_at: now,
-                    detail: json!({"health":"ok"}),
+                    updated_by: "t".into(),
                 },
                 Expect::Absent,
             )
@@ -196,12 +206,17 @@ async fn an_interrupted_deregistration_leaves_nothing_half_deleted() {
             store.get::<Collector>(&id).await.unwrap().is_some() as usize,
             store.scan::<CollectorCredential>(Scan::default()).await.unwrap().len(),
             store.get::<CollectorStatus>(&id).await.unwrap().is_some() as usize,
-            store.get::<PendingCommands>(&id).await.unwrap().is_some() as usize,
+            store.get::<PendingCommands>(&id).await.unwrap().is_some() as usize
+                + store
+                    .get::<linkmesh::domain::ConfigAssignment>(&id)
+                    .await
+                    .unwrap()
+                    .is_some() as usize,
         )
     };
-    assert_eq!(count(x.store.clone(), id.clone()).await, (1, 2, 1, 1));
+    assert_eq!(count(x.store.clone(), id.clone()).await, (1, 2, 1, 2));
 
-    // The cascade fails midway (after 3 of its 6 operations).
+    // The cascade fails midway (after 3 of its 7 operations).
     x.store.fail_next_commit_after(3);
     let r = ax
         .delete(format!("{}/api/v1/collectors/{id}", x.base))
@@ -211,7 +226,7 @@ async fn an_interrupted_deregistration_leaves_nothing_half_deleted() {
     assert_eq!(r.status(), 503);
     assert_eq!(
         count(x.store.clone(), id.clone()).await,
-        (1, 2, 1, 1),
+        (1, 2, 1, 2),
         "a failed cascade must delete nothing"
     );
 

@@ -17,6 +17,8 @@ pub const ADMIN_PASSWORD: &str = "correct-horse-battery-staple";
 
 pub struct TestServer {
     pub base: String,
+    /// The collector gRPC endpoint, `http://127.0.0.1:port`.
+    pub grpc: String,
     pub store: Store,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), RunError>>>,
@@ -62,19 +64,22 @@ pub async fn start(store: Store, config: Config) -> TestServer {
 
 pub async fn start_with_clock(store: Store, config: Config, clock: Arc<dyn Clock>) -> TestServer {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", http.local_addr().unwrap());
+    let grpc_url = format!("http://{}", grpc.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(linkmesh::run_with_store(
         config,
         store.clone(),
         clock,
-        Listeners { http },
+        Listeners { http, grpc },
         async move {
             let _ = rx.await;
         },
     ));
     let server = TestServer {
         base,
+        grpc: grpc_url,
         store,
         shutdown: Some(tx),
         handle: Some(handle),

@@ -61,7 +61,10 @@ async fn https_serves_and_picks_up_a_renewed_certificate() {
         config,
         store,
         std::sync::Arc::new(linkmesh::clock::SystemClock),
-        linkmesh::Listeners { http },
+        linkmesh::Listeners {
+            http,
+            grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        },
         async move {
             let _ = rx.await;
         },

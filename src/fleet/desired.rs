@@ -1,0 +1,87 @@
+//! The desired config of a collector and its deterministic hash. Where it
+//! comes from, in order: a config pinned to the collector, the config store
+//! rendered for its labels (when configured), the fleet default.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::proto::opamp_msgs as pb;
+
+/// A config offer: named files and their hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// File name -> (body, content type), sorted by name.
+    pub files: BTreeMap<String, (Vec<u8>, String)>,
+    /// SHA-256 over the files in name order (name, content type, body, each
+    /// length-prefixed), so equal configs hash equally on every instance.
+    pub hash: Vec<u8>,
+    pub hash_hex: String,
+    /// Where it came from, for the API (`assignment`, `default`, `config_store@<commit>`).
+    pub source: String,
+}
+
+impl Desired {
+    pub fn from_files(files: BTreeMap<String, (Vec<u8>, String)>, source: String) -> Self {
+        let mut h = Sha256::new();
+        for (name, (body, content_type)) in &files {
+            for part in [name.as_bytes(), content_type.as_bytes(), body.as_slice()] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
+        }
+        let hash = h.finalize().to_vec();
+        Desired {
+            hash_hex: hex::encode(&hash),
+            hash,
+            files,
+            source,
+        }
+    }
+
+    pub fn to_proto(&self) -> pb::AgentRemoteConfig {
+        let config_map = self
+            .files
+            .iter()
+            .map(|(name, (body, ct))| {
+                (
+                    name.clone(),
+                    pb::AgentConfigFile {
+                        body: body.clone(),
+                        content_type: ct.clone(),
+                    },
+                )
+            })
+            .collect();
+        pb::AgentRemoteConfig {
+            config: Some(pb::AgentConfigMap { config_map }),
+            config_hash: self.hash.clone(),
+        }
+    }
+}
+
+impl From<(&crate::domain::ConfigAssignment, &str)> for Desired {
+    fn from((a, source): (&crate::domain::ConfigAssignment, &str)) -> Self {
+        let files = a
+            .files
+            .iter()
+            .map(|(k, f)| (k.clone(), (f.body.clone().into_bytes(), f.content_type.clone())))
+            .collect();
+        Desired::from_files(files, source.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_depends_on_content_not_insertion_order() {
+        let f = |n: &str, b: &str| (n.to_string(), (b.as_bytes().to_vec(), "text/yaml".to_string()));
+        let a = Desired::from_files([f("a", "1"), f("b", "2")].into_iter().collect(), "x".into());
+        let b = Desired::from_files([f("b", "2"), f("a", "1")].into_iter().collect(), "y".into());
+        assert_eq!(a.hash, b.hash);
+        let c = Desired::from_files([f("a", "12"), f("b", "")].into_iter().collect(), "x".into());
+        assert_ne!(a.hash, c.hash, "length prefixes keep boundaries apart");
+    }
+}

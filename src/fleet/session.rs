@@ -1,0 +1,399 @@
+//! The OpAMP session rules for one agent, independent of transport: what the
+//! server learns from an AgentToServer and what it answers. Pure logic on
+//! in-memory state; `fleet` decides what to store and push.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use super::desired::Desired;
+use crate::clock::Timestamp;
+use crate::domain::{AgentDescriptionView, CollectorStatus, EffectiveConfigView, HealthView, RemoteConfigView};
+use crate::proto::opamp_msgs as pb;
+
+/// AgentCapabilities bits the server looks at.
+pub mod caps {
+    pub const ACCEPTS_REMOTE_CONFIG: u64 = 0x2;
+    pub const REPORTS_EFFECTIVE_CONFIG: u64 = 0x4;
+    pub const ACCEPTS_RESTART_COMMAND: u64 = 0x400;
+    pub const REPORTS_HEALTH: u64 = 0x800;
+    pub const REPORTS_REMOTE_CONFIG: u64 = 0x1000;
+}
+
+/// What this server offers: status, remote config, effective config.
+pub const SERVER_CAPABILITIES: u64 = 0x1 | 0x2 | 0x4;
+const FLAG_REPORT_FULL_STATE: u64 = 0x1;
+const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
+/// Effective config bodies are stored for display; cut huge ones.
+const MAX_STORED_BODY: usize = 256 * 1024;
+
+/// In-memory state of one agent's session.
+#[derive(Debug, Clone)]
+pub struct AgentState {
+    pub collector_id: String,
+    pub uid: [u8; 16],
+    last_seq: Option<u64>,
+    /// The status as this session knows it (and as last handed out for
+    /// storage, compared to decide whether a write is needed).
+    pub status: CollectorStatus,
+    have_description: bool,
+    /// Hash of the remote config last sent on this session.
+    sent_hash: Option<Vec<u8>>,
+}
+
+/// The outcome of one AgentToServer.
+pub struct Processed {
+    pub reply: pb::ServerToAgent,
+    /// The status changed in a way worth storing.
+    pub status_changed: bool,
+    /// The agent said goodbye.
+    pub disconnect: bool,
+}
+
+/// Problems with a message that are the agent's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("instance_uid {presented} does not belong to this credential's collector {expected}")]
+    WrongInstance { presented: String, expected: String },
+}
+
+pub fn uid_string(uid: &[u8]) -> String {
+    match <[u8; 16]>::try_from(uid) {
+        Ok(b) => uuid::Uuid::from_bytes(b).hyphenated().to_string(),
+        Err(_) => hex::encode(uid),
+    }
+}
+
+impl AgentState {
+    pub fn new(collector_id: &str, status: CollectorStatus) -> Option<Self> {
+        let uid = *uuid::Uuid::parse_str(collector_id).ok()?.as_bytes();
+        // A stored status from an earlier session is a starting point, but
+        // the agent is asked for its full state unless it sends it.
+        Some(AgentState {
+            collector_id: collector_id.to_string(),
+            uid,
+            last_seq: None,
+            status,
+            have_description: false,
+            sent_hash: None,
+        })
+    }
+
+    /// Apply one message and build the answer.
+    pub fn process(
+        &mut self,
+        msg: pb::AgentToServer,
+        desired: Option<&Desired>,
+        now: Timestamp,
+    ) -> Result<Processed, SessionError> {
+        let mut reply = pb::ServerToAgent {
+            instance_uid: msg.instance_uid.clone(),
+            capabilities: SERVER_CAPABILITIES,
+            ..Default::default()
+        };
+        if msg.instance_uid.as_slice() != self.uid {
+            // An agent that asks for a uid, or has none yet, gets the one
+            // its credential is bound to; any other uid is refused.
+            let wants_uid = msg.flags & FLAG_REQUEST_INSTANCE_UID != 0 || msg.instance_uid.iter().all(|b| *b == 0);
+            if !wants_uid {
+                return Err(SessionError::WrongInstance {
+                    presented: uid_string(&msg.instance_uid),
+                    expected: self.collector_id.clone(),
+                });
+            }
+            reply.agent_identification = Some(pb::AgentIdentification {
+                new_instance_uid: self.uid.to_vec(),
+            });
+        }
+        let before = self.status.clone();
+        let caps = msg.capabilities;
+        self.status.capabilities = caps;
+
+        // Sequence numbers: a jump forward means we missed a message; a
+        // repeat or a restart at 0 is tolerated (some clients repeat).
+        let gap = match self.last_seq {
+            None => true,
+            Some(last) => msg.sequence_num > last + 1,
+        };
+        self.last_seq = Some(msg.sequence_num);
+
+        let mut omitted = false;
+        match &msg.agent_description {
+            Some(d) => {
+                self.status.description = describe(d);
+                self.have_description = true;
+            }
+            None => omitted |= !self.have_description || gap,
+        }
+        match &msg.health {
+            Some(h) => self.status.health = Some(health(h)),
+            None => omitted |= caps & caps::REPORTS_HEALTH != 0 && (gap || self.status.health.is_none()),
+        }
+        match &msg.effective_config {
+            Some(e) => self.status.effective_config = Some(effective(e)),
+            None => omitted |= caps & caps::REPORTS_EFFECTIVE_CONFIG != 0 && gap,
+        }
+        match &msg.remote_config_status {
+            Some(r) => self.status.remote_config = Some(remote_status(r)),
+            None => omitted |= caps & caps::REPORTS_REMOTE_CONFIG != 0 && gap,
+        }
+        if gap && omitted {
+            reply.flags |= FLAG_REPORT_FULL_STATE;
+        }
+
+        if let Some(offer) = self.offer(desired) {
+            reply.remote_config = Some(offer);
+        }
+        let disconnect = msg.agent_disconnect.is_some();
+        self.status.last_seen = Some(now);
+        let status_changed = !same_ignoring_last_seen(&before, &self.status);
+        Ok(Processed {
+            reply,
+            status_changed,
+            disconnect,
+        })
+    }
+
+    /// The remote config to send, if the agent accepts one and has neither
+    /// got nor been sent the desired one.
+    pub fn offer(&mut self, desired: Option<&Desired>) -> Option<pb::AgentRemoteConfig> {
+        let desired = desired?;
+        if self.status.capabilities & caps::ACCEPTS_REMOTE_CONFIG == 0 {
+            return None;
+        }
+        let reported = self
+            .status
+            .remote_config
+            .as_ref()
+            .map(|r| r.hash.as_str())
+            .unwrap_or("");
+        if reported == desired.hash_hex || self.sent_hash.as_deref() == Some(desired.hash.as_slice()) {
+            return None;
+        }
+        self.sent_hash = Some(desired.hash.clone());
+        Some(desired.to_proto())
+    }
+
+    pub fn accepts_restart(&self) -> bool {
+        self.status.capabilities & caps::ACCEPTS_RESTART_COMMAND != 0
+    }
+}
+
+fn same_ignoring_last_seen(a: &CollectorStatus, b: &CollectorStatus) -> bool {
+    let mut a = a.clone();
+    a.last_seen = b.last_seen;
+    a == *b
+}
+
+fn any_value(v: &Option<pb::AnyValue>) -> String {
+    use pb::any_value::Value;
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        None => String::new(),
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BytesValue(b)) => hex::encode(b),
+        Some(Value::ArrayValue(a)) => {
+            let items: Vec<String> = a.values.iter().map(|v| any_value(&Some(v.clone()))).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Some(Value::KvlistValue(l)) => {
+            let items: Vec<String> = l
+                .values
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, any_value(&kv.value)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+    }
+}
+
+fn attrs(kvs: &[pb::KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter().map(|kv| (kv.key.clone(), any_value(&kv.value))).collect()
+}
+
+fn describe(d: &pb::AgentDescription) -> AgentDescriptionView {
+    AgentDescriptionView {
+        identifying: attrs(&d.identifying_attributes),
+        non_identifying: attrs(&d.non_identifying_attributes),
+    }
+}
+
+fn nanos(t: u64) -> Option<Timestamp> {
+    (t > 0).then_some(Timestamp(t / 1_000_000))
+}
+
+fn health(h: &pb::ComponentHealth) -> HealthView {
+    HealthView {
+        healthy: h.healthy,
+        status: h.status.clone(),
+        last_error: h.last_error.clone(),
+        start_time: nanos(h.start_time_unix_nano),
+        components: h
+            .component_health_map
+            .iter()
+            .map(|(k, v)| (k.clone(), health(v)))
+            .collect(),
+    }
+}
+
+fn effective(e: &pb::EffectiveConfig) -> EffectiveConfigView {
+    let files: BTreeMap<&String, &pb::AgentConfigFile> = e
+        .config_map
+        .as_ref()
+        .map(|m| m.config_map.iter().collect())
+        .unwrap_or_default();
+    let mut hasher = Sha256::new();
+    let mut shown = BTreeMap::new();
+    for (name, file) in files {
+        hasher.update((name.len() as u64).to_be_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((file.body.len() as u64).to_be_bytes());
+        hasher.update(&file.body);
+        let body = &file.body[..file.body.len().min(MAX_STORED_BODY)];
+        shown.insert(name.clone(), String::from_utf8_lossy(body).into_owned());
+    }
+    EffectiveConfigView {
+        hash: hex::encode(hasher.finalize()),
+        files: shown,
+    }
+}
+
+fn remote_status(r: &pb::RemoteConfigStatus) -> RemoteConfigView {
+    let status = match pb::RemoteConfigStatuses::try_from(r.status) {
+        Ok(pb::RemoteConfigStatuses::Applied) => "APPLIED",
+        Ok(pb::RemoteConfigStatuses::Applying) => "APPLYING",
+        Ok(pb::RemoteConfigStatuses::Failed) => "FAILED",
+        _ => "UNSET",
+    };
+    RemoteConfigView {
+        status: status.into(),
+        hash: hex::encode(&r.last_remote_config_hash),
+        error_message: r.error_message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "0192f7a4-5b6c-7d8e-9f00-112233445566";
+
+    fn state() -> AgentState {
+        AgentState::new(UID, CollectorStatus::default()).unwrap()
+    }
+
+    fn msg(seq: u64) -> pb::AgentToServer {
+        pb::AgentToServer {
+            instance_uid: uuid::Uuid::parse_str(UID).unwrap().as_bytes().to_vec(),
+            sequence_num: seq,
+            capabilities: 0x1 | caps::ACCEPTS_REMOTE_CONFIG | caps::REPORTS_REMOTE_CONFIG,
+            ..Default::default()
+        }
+    }
+
+    fn full(seq: u64) -> pb::AgentToServer {
+        pb::AgentToServer {
+            agent_description: Some(pb::AgentDescription::default()),
+            remote_config_status: Some(pb::RemoteConfigStatus::default()),
+            ..msg(seq)
+        }
+    }
+
+    fn desired() -> Desired {
+        Desired::from_files(
+            [(
+                "collector.yaml".to_string(),
+                (b"receivers: {}".to_vec(), "application/yaml".to_string()),
+            )]
+            .into(),
+            "test".into(),
+        )
+    }
+
+    #[test]
+    fn full_state_is_requested_only_when_sections_are_missing_after_a_gap() {
+        let mut s = state();
+        let p = s.process(msg(5), None, Timestamp(1)).unwrap();
+        assert_eq!(
+            p.reply.flags & FLAG_REPORT_FULL_STATE,
+            1,
+            "first message without a description"
+        );
+        let p = s.process(full(6), None, Timestamp(2)).unwrap();
+        assert_eq!(p.reply.flags, 0);
+        // Heartbeats: consecutive, repeated, or restarted at 0.
+        for seq in [7, 7, 8, 0] {
+            let p = s.process(msg(seq), None, Timestamp(3)).unwrap();
+            assert_eq!(p.reply.flags, 0, "seq {seq}");
+            assert!(!p.status_changed, "a heartbeat that changes nothing writes nothing");
+        }
+        // A jump with omitted sections asks for the full state.
+        let p = s.process(msg(1), None, Timestamp(4)).unwrap();
+        assert_eq!(p.reply.flags, 0);
+        let p = s.process(msg(9), None, Timestamp(4)).unwrap();
+        assert_eq!(p.reply.flags & FLAG_REPORT_FULL_STATE, 1);
+        // ... but not when the message carries everything.
+        let p = s.process(full(20), None, Timestamp(4)).unwrap();
+        assert_eq!(p.reply.flags, 0);
+        assert_eq!(p.reply.instance_uid, msg(0).instance_uid, "the uid is echoed");
+    }
+
+    #[test]
+    fn remote_config_is_offered_once_until_the_agent_reports_it() {
+        let d = desired();
+        let mut s = state();
+        let p = s.process(full(1), Some(&d), Timestamp(1)).unwrap();
+        assert_eq!(p.reply.remote_config.as_ref().unwrap().config_hash, d.hash);
+        let p = s.process(msg(2), Some(&d), Timestamp(1)).unwrap();
+        assert!(p.reply.remote_config.is_none(), "sent already on this session");
+        let mut applied = msg(3);
+        applied.remote_config_status = Some(pb::RemoteConfigStatus {
+            last_remote_config_hash: d.hash.clone(),
+            status: 1,
+            error_message: String::new(),
+        });
+        let p = s.process(applied, Some(&d), Timestamp(1)).unwrap();
+        assert!(p.status_changed);
+        assert_eq!(s.status.remote_config.as_ref().unwrap().status, "APPLIED");
+        // An agent that does not accept remote config is never sent one.
+        let mut s = state();
+        let mut m = full(1);
+        m.capabilities = 0x1;
+        assert!(s
+            .process(m, Some(&d), Timestamp(1))
+            .unwrap()
+            .reply
+            .remote_config
+            .is_none());
+    }
+
+    #[test]
+    fn a_foreign_instance_uid_is_refused_and_an_empty_one_is_assigned() {
+        let mut s = state();
+        let mut m = full(1);
+        m.instance_uid = vec![7; 16];
+        assert!(s.process(m.clone(), None, Timestamp(1)).is_err());
+        m.flags = FLAG_REQUEST_INSTANCE_UID;
+        let p = s.process(m, None, Timestamp(1)).unwrap();
+        assert_eq!(p.reply.agent_identification.unwrap().new_instance_uid, s.uid.to_vec());
+    }
+
+    #[test]
+    fn failed_status_keeps_the_error_message() {
+        let mut s = state();
+        let mut m = full(1);
+        m.remote_config_status = Some(pb::RemoteConfigStatus {
+            last_remote_config_hash: vec![1, 2],
+            status: 3,
+            error_message: "bad exporter".into(),
+        });
+        s.process(m, None, Timestamp(1)).unwrap();
+        let r = s.status.remote_config.unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.error_message.as_str(), r.hash.as_str()),
+            ("FAILED", "bad exporter", "0102")
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The gRPC collector endpoint: unary Enroll and one bidirectional OpAMP
+//! stream per collector, on its own listener (optionally TLS).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Refusal;
+use crate::domain::EnrollRequest;
+use crate::fleet::session::uid_string;
+use crate::fleet::{Fleet, FleetError, Transport};
+use crate::proto::opamp_msgs as pb;
+use crate::proto::service::collector_service_server::{CollectorService, CollectorServiceServer};
+use crate::proto::service::{EnrollRequest as GrpcEnroll, EnrollResponse};
+
+pub struct GrpcService {
+    fleet: Fleet,
+}
+
+/// The tonic service, with the message size limit applied.
+pub fn service(fleet: Fleet, max_message_bytes: usize) -> CollectorServiceServer<GrpcService> {
+    CollectorServiceServer::new(GrpcService { fleet }).max_decoding_message_size(max_message_bytes)
+}
+
+fn status(e: &FleetError) -> Status {
+    match Refusal::from(e) {
+        Refusal::Unauthenticated(m) => Status::unauthenticated(m),
+        Refusal::Forbidden(m) => Status::permission_denied(m),
+        Refusal::BadRequest(m) => Status::invalid_argument(m),
+        Refusal::Conflict(m) => Status::already_exists(m),
+        Refusal::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+fn bearer<T>(req: &Request<T>) -> Option<String> {
+    let v = req.metadata().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ServerToAgent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CollectorService for GrpcService {
+    async fn enroll(&self, req: Request<GrpcEnroll>) -> Result<Response<EnrollResponse>, Status> {
+        let r = req.into_inner();
+        let instance_uid = (!r.instance_uid.is_empty()).then(|| uid_string(&r.instance_uid));
+        let name = (!r.name.is_empty()).then_some(r.name);
+        let enrolled = self
+            .fleet
+            .domain()
+            .enroll(EnrollRequest {
+                token: r.token,
+                instance_uid,
+                name,
+                labels: r.labels.into_iter().collect(),
+            })
+            .await
+            .map_err(|e| status(&FleetError::Domain(e)))?;
+        let uid = uuid::Uuid::parse_str(&enrolled.collector_id)
+            .map(|u| u.as_bytes().to_vec())
+            .unwrap_or_default();
+        Ok(Response::new(EnrollResponse {
+            instance_uid: uid,
+            credential: enrolled.credential,
+            labels: enrolled.labels.into_iter().collect(),
+        }))
+    }
+
+    type SessionStream = OutStream;
+
+    async fn session(&self, req: Request<Streaming<pb::AgentToServer>>) -> Result<Response<OutStream>, Status> {
+        let auth = self
+            .fleet
+            .authenticate(bearer(&req).as_deref())
+            .await
+            .map_err(|e| status(&e))?;
+        let (conn, rx) = self
+            .fleet
+            .open_stream(auth, Transport::Grpc)
+            .await
+            .map_err(|e| status(&e))?;
+        let mut inbound = req.into_inner();
+        let fleet = self.fleet.clone();
+        let conn = Arc::new(conn);
+        tokio::spawn(async move {
+            // Ends when the collector closes its side, the stream breaks, or
+            // the fleet closed the session (replaced, timed out, revoked).
+            while let Ok(Some(msg)) = inbound.message().await {
+                if let Err(e) = fleet.handle_stream(&conn, msg).await {
+                    tracing::debug!(collector_id = %conn.collector_id, error = %e, "gRPC session ended.");
+                    break;
+                }
+            }
+            fleet.close(&conn);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}

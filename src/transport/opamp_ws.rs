@@ -1,0 +1,106 @@
+//! OpAMP over WebSocket (`GET /v1/opamp` with an upgrade): binary frames,
+//! each a varint header (0) followed by a protobuf message, both ways.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prost::Message;
+
+use crate::api::extract::bearer_token;
+use crate::api::AppState;
+use crate::fleet::{Authenticated, Fleet, Transport};
+use crate::proto::opamp_msgs as pb;
+
+/// OpAMP WebSocket transport (authenticated before the upgrade).
+#[utoipa::path(get, path = "/v1/opamp", tag = "opamp",
+    params(("Authorization" = String, Header, description = "Bearer <collector credential>")),
+    responses((status = 101, description = "WebSocket upgrade; frames are a varint header 0 + opamp.proto messages"),
+        (status = 401, description = "unknown or revoked credential")))]
+pub async fn upgrade(State(s): State<Arc<AppState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let auth = match s.fleet.authenticate(bearer_token(&headers)).await {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+    };
+    let fleet = s.fleet.clone();
+    ws.max_message_size(s.max_request_bytes)
+        .on_upgrade(move |socket| serve(socket, fleet, auth))
+}
+
+/// Split the OpAMP WebSocket header off a frame.
+fn unframe(data: &[u8]) -> Option<&[u8]> {
+    let mut buf = data;
+    let header = prost::encoding::decode_varint(&mut buf).ok()?;
+    (header == 0).then_some(buf)
+}
+
+pub fn frame(msg: &impl Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.encoded_len() + 1);
+    prost::encoding::encode_varint(0, &mut out);
+    msg.encode_raw(&mut out);
+    out
+}
+
+async fn serve(mut socket: WebSocket, fleet: Fleet, auth: Authenticated) {
+    let (conn, mut rx) = match fleet.open_stream(auth, Transport::WebSocket).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(error = %e, "Could not open a WebSocket session.");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let data = match incoming {
+                    Some(Ok(WsMessage::Binary(data))) => data,
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                    Some(Ok(WsMessage::Text(_))) => {
+                        tracing::debug!(collector_id = %conn.collector_id, "Text frame on an OpAMP WebSocket; closing.");
+                        break;
+                    }
+                    _ => break,
+                };
+                let Some(msg) = unframe(&data).and_then(|b| pb::AgentToServer::decode(b).ok()) else {
+                    tracing::debug!(collector_id = %conn.collector_id, "Malformed OpAMP WebSocket frame; closing.");
+                    break;
+                };
+                if fleet.handle_stream(&conn, msg).await.is_err() {
+                    break;
+                }
+            }
+            outgoing = rx.recv() => {
+                match outgoing {
+                    Some(msg) => {
+                        if socket.send(WsMessage::Binary(frame(&msg).into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The fleet closed the session (replaced, timed out, revoked).
+                    None => break,
+                }
+            }
+        }
+    }
+    let _ = socket.send(WsMessage::Close(None)).await;
+    fleet.close(&conn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_foreign_headers_are_refused() {
+        let msg = pb::AgentToServer {
+            sequence_num: 7,
+            ..Default::default()
+        };
+        let framed = frame(&msg);
+        assert_eq!(framed[0], 0);
+        assert_eq!(pb::AgentToServer::decode(unframe(&framed).unwrap()).unwrap(), msg);
+        assert!(unframe(&[1, 2, 3]).is_none());
+    }
+}
