@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod fleet;
+pub mod sim;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;

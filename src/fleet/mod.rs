@@ -253,7 +253,28 @@ impl Fleet {
     /// Handle one message of a streaming session; the answer goes out on the
     /// session's stream.
     pub async fn handle_stream(&self, conn: &Conn, msg: pb::AgentToServer) -> Result<(), FleetError> {
-        let (reply, push, disconnect) = self.process(conn, msg).await?;
+        let uid = msg.instance_uid.clone();
+        let (reply, push, disconnect) = match self.process(conn, msg).await {
+            Ok(x) => x,
+            Err(FleetError::Session(e)) => {
+                // Tell the agent why before closing (OpAMP error response).
+                if let Some((_, Some(push))) = self.session_of(&conn.collector_id) {
+                    let refusal = pb::ServerToAgent {
+                        instance_uid: uid,
+                        error_response: Some(pb::ServerErrorResponse {
+                            r#type: pb::ServerErrorResponseType::BadRequest as i32,
+                            error_message: e.to_string(),
+                            details: None,
+                        }),
+                        ..Default::default()
+                    };
+                    let _ = push.send(refusal).await;
+                }
+                self.close(conn);
+                return Err(FleetError::Session(e));
+            }
+            Err(e) => return Err(e),
+        };
         if let (Some(push), Some(reply)) = (push, reply) {
             // The agent paces its own messages, so waiting for room here
             // only slows down that agent.

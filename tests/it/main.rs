@@ -6,5 +6,6 @@ mod concurrency;
 mod config;
 mod conformance;
 mod durability;
+mod protocol;
 mod support;
 mod tls;

@@ -1,0 +1,572 @@
+//! The collector protocol end to end: simulated fleets over gRPC, OpAMP
+//! WebSocket and OpAMP HTTP; refusals; session rules; commands and label
+//! changes made through another instance.
+
+use std::io::Write;
+use std::time::Duration;
+
+use linkmesh::domain::CollectorStatus;
+use linkmesh::proto::opamp_msgs as pb;
+use linkmesh::proto::service::collector_service_client::CollectorServiceClient;
+use linkmesh::sim::{Sim, SimConfig, SimTransport};
+use prost::Message;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::support::*;
+
+async fn api_token(base: &str, admin: &reqwest::Client) -> String {
+    let v: Value = admin
+        .post(format!("{base}/api/v1/api-tokens"))
+        .json(&json!({"name":"test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+async fn set_default(base: &str, token: &str, body: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("{base}/api/v1/fleet/default-config"))
+        .bearer_auth(token)
+        .json(&json!({"files": {"collector.yaml": {"body": body}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+}
+
+async fn summary(base: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/api/v1/fleet/summary"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Poll the fleet summary until `pred` holds (deadline: 60 s).
+async fn wait_summary(base: &str, token: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = summary(base, token).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < end, "fleet summary never matched: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sim_config(s: &TestServer, transport: SimTransport, n: usize, token: &str) -> SimConfig {
+    SimConfig {
+        transport,
+        http_base: s.base.clone(),
+        grpc: s.grpc.clone(),
+        collectors: n,
+        enrollment_token: token.into(),
+        labels: [("sim".to_string(), "{i}".to_string())].into(),
+        heartbeat: Duration::from_millis(500),
+        fail_when_config_contains: None,
+        source_addrs: vec![],
+        concurrency: 32,
+    }
+}
+
+async fn fleet_applies(transport: SimTransport, n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let admin = admin(&s.base).await;
+    let token = api_token(&s.base, &admin).await;
+    let (_, enroll) = enrollment_token(&s.base, &admin, json!({"name":"fleet"})).await;
+    set_default(&s.base, &token, "receivers:\n  otlp: {}\n").await;
+    let sim = Sim::start(sim_config(&s, transport, n, &enroll)).await.unwrap();
+    assert!(
+        sim.wait_all(Duration::from_secs(60), |a| a.config_hash.is_some()).await,
+        "not every collector got the config"
+    );
+    let sum = wait_summary(&s.base, &token, |v| v["connected"] == n && v["config"]["applied"] == n).await;
+    assert_eq!(sum["total"], n);
+
+    // A new default reaches everyone and is applied.
+    set_default(&s.base, &token, "receivers:\n  otlp: {}\n# v2\n").await;
+    assert!(
+        sim.wait_all(Duration::from_secs(60), |a| a
+            .config_body
+            .as_deref()
+            .is_some_and(|b| b.contains("# v2")))
+            .await
+    );
+    wait_summary(&s.base, &token, |v| v["config"]["applied"] == n).await;
+    let hashes: std::collections::BTreeSet<_> = sim.stats().into_iter().map(|a| a.config_hash).collect();
+    assert_eq!(hashes.len(), 1, "everyone has the same hash");
+    sim.stop();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_collectors_over_grpc_enroll_connect_and_apply() {
+    fleet_applies(SimTransport::Grpc, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_collectors_over_websocket_enroll_connect_and_apply() {
+    fleet_applies(SimTransport::WebSocket, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_collectors_over_http_polling_enroll_connect_and_apply() {
+    fleet_applies(SimTransport::Http, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_config_shows_the_collectors_error_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let admin = admin(&s.base).await;
+    let token = api_token(&s.base, &admin).await;
+    let (_, enroll) = enrollment_token(&s.base, &admin, json!({"name":"fleet"})).await;
+    let mut cfg = sim_config(&s, SimTransport::Grpc, 3, &enroll);
+    cfg.fail_when_config_contains = Some("nonexistent_exporter".into());
+    let sim = Sim::start(cfg).await.unwrap();
+    set_default(&s.base, &token, "exporters:\n  nonexistent_exporter: {}\n").await;
+    wait_summary(&s.base, &token, |v| v["config"]["failed"] == 3).await;
+    let id = sim.stats()[0].collector_id.clone();
+    let d: Value = admin
+        .get(format!("{}/api/v1/collectors/{id}", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["config_status"], "failed");
+    assert!(
+        d["config_error"].as_str().unwrap().contains("nonexistent_exporter"),
+        "{d}"
+    );
+    assert_eq!(d["status"]["remote_config"]["status"], "FAILED");
+    let list: Value = admin
+        .get(format!("{}/api/v1/collectors?config_status=failed", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    sim.stop();
+    s.stop().await;
+}
+
+/// A raw gRPC session with `credential`; the first answer (or the refusal).
+async fn grpc_session(
+    grpc: &str,
+    credential: &str,
+    uid: &[u8],
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<pb::AgentToServer>,
+        tonic::Streaming<pb::ServerToAgent>,
+    ),
+    tonic::Status,
+> {
+    let mut client = CollectorServiceClient::connect(grpc.to_string()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AgentToServer {
+        instance_uid: uid.to_vec(),
+        sequence_num: 1,
+        capabilities: 0x1 | 0x2,
+        agent_description: Some(Default::default()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {credential}").parse().unwrap());
+    let stream = client.session(req).await?.into_inner();
+    Ok((tx, stream))
+}
+
+async fn enroll_one(base: &str, admin: &reqwest::Client) -> (String, String) {
+    let (_, t) = enrollment_token(base, admin, json!({"name":"one"})).await;
+    let e: Value = enroll(base, &t, None).await.json().await.unwrap();
+    (
+        e["collector_id"].as_str().unwrap().into(),
+        e["credential"].as_str().unwrap().into(),
+    )
+}
+
+fn uid_bytes(id: &str) -> Vec<u8> {
+    uuid::Uuid::parse_str(id).unwrap().as_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoked_and_unknown_credentials_are_refused_on_every_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let admin = admin(&s.base).await;
+    let (id, old) = enroll_one(&s.base, &admin).await;
+    let uid = uid_bytes(&id);
+
+    // Connected with the credential, then it is rotated away: the open
+    // session is closed and new ones are refused.
+    let (_tx, mut stream) = grpc_session(&s.grpc, &old, &uid).await.unwrap();
+    assert!(stream.message().await.unwrap().is_some());
+    let r: Value = admin
+        .post(format!("{}/api/v1/collectors/{id}/rotate-credential", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new = r["credential"].as_str().unwrap().to_string();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.message().await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the session with the revoked credential stayed open");
+
+    for bad in [old.as_str(), "lmc_00000000000000000000000000000000_forged"] {
+        let err = grpc_session(&s.grpc, bad, &uid).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let msg = pb::AgentToServer {
+            instance_uid: uid.clone(),
+            sequence_num: 1,
+            ..Default::default()
+        };
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/opamp", s.base))
+            .bearer_auth(bad)
+            .header("content-type", "application/x-protobuf")
+            .body(msg.encode_to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let url = format!("{}/v1/opamp", s.base.replacen("http", "ws", 1));
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {bad}").parse().unwrap());
+        assert!(
+            tokio_tungstenite::connect_async(req).await.is_err(),
+            "websocket upgrade with a bad credential"
+        );
+    }
+    // The new credential works; a foreign instance_uid with it does not.
+    let (_tx, mut stream) = grpc_session(&s.grpc, &new, &uid).await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.instance_uid, uid, "instance_uid echoed");
+    let (_tx2, mut foreign) = grpc_session(&s.grpc, &new, &[9u8; 16]).await.unwrap();
+    let refusal = foreign.message().await.unwrap().unwrap();
+    let err = refusal.error_response.expect("an OpAMP error response");
+    assert!(err.error_message.contains("does not belong"), "{}", err.error_message);
+    assert!(
+        foreign.message().await.map(|m| m.is_none()).unwrap_or(true),
+        "the stream ends after the refusal"
+    );
+
+    let audit: Value = admin
+        .get(format!("{}/api/v1/audit?action=collector.authenticate", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        audit["items"].as_array().unwrap().len() >= 4,
+        "refusals are audited: {audit}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_connection_replaces_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let admin = admin(&s.base).await;
+    let (id, cred) = enroll_one(&s.base, &admin).await;
+    let (_tx1, mut first) = grpc_session(&s.grpc, &cred, &uid_bytes(&id)).await.unwrap();
+    assert!(first.message().await.unwrap().is_some());
+    let (_tx2, mut second) = grpc_session(&s.grpc, &cred, &uid_bytes(&id)).await.unwrap();
+    assert!(second.message().await.unwrap().is_some());
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = first.message().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the replaced stream stayed open");
+    let token = api_token(&s.base, &admin).await;
+    assert_eq!(summary(&s.base, &token).await["connected"], 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_polling_sessions_time_out_and_heartbeats_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.fleet.liveness_timeout = Duration::from_secs(1);
+    let s = start(open_store(dir.path()).await, config).await;
+    let admin = admin(&s.base).await;
+    let token = api_token(&s.base, &admin).await;
+    let (id, cred) = enroll_one(&s.base, &admin).await;
+    let post = |seq: u64, full: bool| {
+        let mut m = pb::AgentToServer {
+            instance_uid: uid_bytes(&id),
+            sequence_num: seq,
+            capabilities: 0x1,
+            ..Default::default()
+        };
+        if full {
+            m.agent_description = Some(pb::AgentDescription::default());
+        }
+        reqwest::Client::new()
+            .post(format!("{}/v1/opamp", s.base))
+            .bearer_auth(&cred)
+            .header("content-type", "application/x-protobuf")
+            .body(m.encode_to_vec())
+            .send()
+    };
+    let r = post(1, true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-protobuf");
+    let reply = pb::ServerToAgent::decode(r.bytes().await.unwrap()).unwrap();
+    assert_eq!(reply.instance_uid, uid_bytes(&id));
+    assert_eq!(reply.flags, 0, "full state was sent");
+    wait_summary(&s.base, &token, |v| v["connected"] == 1).await;
+    // Let the status write land, then heartbeat: its version stays put.
+    let end = Instant::now() + Duration::from_secs(10);
+    let version = loop {
+        if let Some(v) = s.store.get::<CollectorStatus>(&id).await.unwrap() {
+            break v.version;
+        }
+        assert!(Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for seq in 2..6 {
+        assert_eq!(post(seq, false).await.unwrap().status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.store.get::<CollectorStatus>(&id).await.unwrap().unwrap().version,
+        version,
+        "heartbeats wrote to the store"
+    );
+    // Silence: the session expires and the collector shows disconnected.
+    wait_summary(&s.base, &token, |v| v["connected"] == 0 && v["disconnected"] == 1).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opamp_http_handles_gzip_and_refuses_oversized_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.max_request_bytes = 64 * 1024;
+    let s = start(open_store(dir.path()).await, config).await;
+    let admin = admin(&s.base).await;
+    let token = api_token(&s.base, &admin).await;
+    let (id, cred) = enroll_one(&s.base, &admin).await;
+    set_default(&s.base, &token, &format!("# {}\n", "x".repeat(4000))).await;
+    let m = pb::AgentToServer {
+        instance_uid: uid_bytes(&id),
+        sequence_num: 1,
+        capabilities: 0x1 | 0x2,
+        agent_description: Some(Default::default()),
+        ..Default::default()
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&m.encode_to_vec()).unwrap();
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let r = raw
+        .post(format!("{}/v1/opamp", s.base))
+        .bearer_auth(&cred)
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "gzip")
+        .header("accept-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-encoding"],
+        "gzip",
+        "a large answer is compressed when accepted"
+    );
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(r.bytes().await.unwrap().as_ref()),
+        &mut body,
+    )
+    .unwrap();
+    assert!(pb::ServerToAgent::decode(body.as_slice())
+        .unwrap()
+        .remote_config
+        .is_some());
+    // Without Accept-Encoding: plain.
+    let r = raw
+        .post(format!("{}/v1/opamp", s.base))
+        .bearer_auth(&cred)
+        .body(
+            pb::AgentToServer {
+                instance_uid: uid_bytes(&id),
+                sequence_num: 2,
+                capabilities: 1,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+    // Over the limit: 413.
+    let r = raw
+        .post(format!("{}/v1/opamp", s.base))
+        .bearer_auth(&cred)
+        .body(vec![0u8; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_labels_and_pins_made_on_another_instance_reach_the_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let mut ca = test_config(dir.path());
+    ca.server.instance_name = Some("a".into());
+    let mut cb = test_config(dir.path());
+    cb.server.instance_name = Some("b".into());
+    let a = start(store.clone(), ca).await;
+    let b = start(store, cb).await;
+    let admin_b = admin(&b.base).await;
+    let token_b = api_token(&b.base, &admin_b).await;
+    let (_, enroll) = enrollment_token(&b.base, &admin_b, json!({"name":"x"})).await;
+    let sim = Sim::start(sim_config(&a, SimTransport::Grpc, 2, &enroll))
+        .await
+        .unwrap();
+    assert!(sim.wait_all(Duration::from_secs(30), |s| s.connected).await);
+    let id = sim.stats()[0].collector_id.clone();
+    let d = wait_until_detail(&b.base, &token_b, &id, |d| d["connected"] == true).await;
+    assert_eq!(d["instance"], "a", "instance b sees which instance holds the collector");
+
+    // Pin a config through b: only that collector gets it, via a.
+    let r = admin_b
+        .put(format!("{}/api/v1/collectors/{id}/config", b.base))
+        .json(&json!({"files":{"c.yaml":{"body":"pinned: true"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        sim.wait_all(Duration::from_secs(30), |s| s.collector_id != id
+            || s.config_body.as_deref() == Some("pinned: true"))
+            .await
+    );
+    assert!(
+        sim.stats()[1].config_body.is_none(),
+        "the other collector got a config pinned to someone else"
+    );
+    wait_until_detail(&b.base, &token_b, &id, |d| {
+        d["config_status"] == "applied" && d["desired"]["source"] == "assignment"
+    })
+    .await;
+
+    // Restart through b.
+    assert_eq!(
+        admin_b
+            .post(format!("{}/api/v1/collectors/{id}/restart", b.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert!(
+        sim.wait_all(Duration::from_secs(30), |s| s.collector_id != id || s.restarts == 1)
+            .await,
+        "restart never arrived"
+    );
+
+    // Labels through b, with optimistic concurrency.
+    let d: Value = admin_b
+        .get(format!("{}/api/v1/collectors/{id}", b.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = admin_b
+        .patch(format!("{}/api/v1/collectors/{id}/labels", b.base))
+        .json(&json!({"labels":{"env":"prod"},"version":d["version"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stale = admin_b
+        .patch(format!("{}/api/v1/collectors/{id}/labels", b.base))
+        .json(&json!({"labels":{"env":"dev"},"version":d["version"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 409);
+    let listed: Value = admin_b
+        .get(format!("{}/api/v1/collectors?selector=env=prod", b.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+
+    // Deregistration through b ends the session on a.
+    assert_eq!(
+        admin_b
+            .delete(format!("{}/api/v1/collectors/{id}", b.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert!(
+        sim.wait_all(Duration::from_secs(30), |s| s.collector_id != id || !s.connected)
+            .await
+    );
+    sim.stop();
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn wait_until_detail(base: &str, token: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d: Value = reqwest::Client::new()
+            .get(format!("{base}/api/v1/collectors/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if pred(&d) {
+            return d;
+        }
+        assert!(Instant::now() < end, "collector detail never matched: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
