@@ -5,6 +5,7 @@
 mod auth;
 mod canvas;
 mod collectors;
+mod configstore;
 pub mod error;
 pub mod extract;
 mod health;
@@ -24,6 +25,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::configstore::ConfigStoreHandle;
 use crate::domain::Domain;
 use crate::telemetry::Metrics;
 use error::ApiError;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub instance: String,
     pub cookie_secure: bool,
     pub session_ttl: Duration,
+    /// The fleet config store, when `[config_store]` is set.
+    pub config_store: Option<ConfigStoreHandle>,
     openapi_json: OnceLock<String>,
 }
 
@@ -55,8 +59,15 @@ impl AppState {
             instance,
             cookie_secure,
             session_ttl,
+            config_store: None,
             openapi_json: OnceLock::new(),
         }
+    }
+
+    /// Serve the config store's snapshot, status and previews.
+    pub fn with_config_store(mut self, store: Option<ConfigStoreHandle>) -> Self {
+        self.config_store = store;
+        self
     }
 }
 
@@ -72,6 +83,7 @@ impl AppState {
         (name = "collectors", description = "Enrollment and collector records"),
         (name = "canvas", description = "The routing canvas"),
         (name = "audit", description = "Audit log"),
+        (name = "config", description = "The git-backed fleet config store"),
         (name = "health", description = "Probes and metrics"),
     )
 )]
@@ -102,6 +114,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(tokens::routes())
         .merge(collectors::routes())
         .merge(canvas::routes())
+        .merge(configstore::routes())
         .routes(routes!(openapi_json))
         .split_for_parts();
     let json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());
