@@ -66,6 +66,15 @@ pub fn locate(url: &str) -> Result<Location, ConfigStoreError> {
     })
 }
 
+/// Check `config_store.url` without touching the network (check-config).
+pub fn check_url(url: &str) -> Result<(), String> {
+    match locate(url) {
+        Ok(_) => Ok(()),
+        Err(ConfigStoreError::Url { message, .. }) => Err(message),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The URL without any `user:password@` part, for logs and the API.
 pub fn redact(url: &str) -> String {
     match url.split_once("://") {
@@ -98,7 +107,23 @@ pub fn mirror_path(mirror_root: &Path, url: &str) -> PathBuf {
 }
 
 fn git_err(context: &str) -> impl Fn(gix::Error) -> ConfigStoreError + '_ {
-    move |e| ConfigStoreError::Git(format!("{context}: {e:#}"))
+    move |e| ConfigStoreError::Git(format!("{context}: {}", chain(&e)))
+}
+
+/// An error and its sources on one line ("a: b: c"): the cause of a failed
+/// fetch (refused connection, untrusted certificate) is usually a source.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 /// Open a repository in place, isolated from the environment; `overrides`

@@ -37,6 +37,7 @@ use utoipa::ToSchema;
 use crate::clock::Timestamp;
 
 pub use catalogue::{Spec as CatalogueSpec, CATALOGUE};
+pub use git::check_url;
 pub use parse::{files_from_dir, SourceFile};
 pub use render::Rendered;
 pub use schema::{Component, Expression, Kind, Operator, Pipeline, Resources, Route, Selector, Signal};
@@ -124,8 +125,8 @@ pub enum ConfigStoreError {
 /// every problem found.
 pub fn load_files(files: &[SourceFile]) -> Result<Resources, Vec<ValidationError>> {
     let mut errors = Vec::new();
-    let resources = parse::parse_files(files, &mut errors);
-    validate::validate(&resources, &mut errors);
+    let (resources, unparsed) = parse::parse_files(files, &mut errors);
+    validate::validate(&resources, &unparsed, &mut errors);
     if errors.is_empty() {
         Ok(resources)
     } else {

@@ -7,6 +7,7 @@
 //! directory (`files_from_dir`, used by `linkmesh validate`): both skip
 //! hidden entries and symbolic links.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -70,10 +71,21 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceFile>) -> Result<(), Valid
     Ok(())
 }
 
+/// What could not be parsed, so that references to it are not reported a
+/// second time as dangling.
+#[derive(Debug, Default)]
+pub struct Unparsed {
+    /// Files with a syntax error (their resources are unknown).
+    pub files: Vec<String>,
+    /// (section, name) of resources whose table had errors.
+    pub names: BTreeSet<(String, String)>,
+}
+
 /// Parse every file into resources, collecting errors. Resources that fail
 /// to parse are left out (their error is recorded).
-pub fn parse_files(files: &[SourceFile], errors: &mut Vec<ValidationError>) -> Resources {
+pub fn parse_files(files: &[SourceFile], errors: &mut Vec<ValidationError>) -> (Resources, Unparsed) {
     let mut res = Resources::default();
+    let mut unparsed = Unparsed::default();
     if files.is_empty() {
         errors.push(ValidationError::new(
             "",
@@ -82,16 +94,17 @@ pub fn parse_files(files: &[SourceFile], errors: &mut Vec<ValidationError>) -> R
         ));
     }
     for f in files {
-        parse_file(f, &mut res, errors);
+        parse_file(f, &mut res, &mut unparsed, errors);
     }
-    res
+    (res, unparsed)
 }
 
-fn parse_file(f: &SourceFile, res: &mut Resources, errors: &mut Vec<ValidationError>) {
+fn parse_file(f: &SourceFile, res: &mut Resources, unparsed: &mut Unparsed, errors: &mut Vec<ValidationError>) {
     let text = match std::str::from_utf8(&f.bytes) {
         Ok(t) => t,
         Err(e) => {
             errors.push(ValidationError::new(&f.path, "", format!("not UTF-8: {e}")));
+            unparsed.files.push(f.path.clone());
             return;
         }
     };
@@ -110,6 +123,7 @@ fn parse_file(f: &SourceFile, res: &mut Resources, errors: &mut Vec<ValidationEr
                 "",
                 format!("TOML syntax: {}{at}", e.message().trim_end()),
             ));
+            unparsed.files.push(f.path.clone());
             return;
         }
     };
@@ -123,15 +137,20 @@ fn parse_file(f: &SourceFile, res: &mut Resources, errors: &mut Vec<ValidationEr
             continue;
         };
         match section.as_str() {
-            "sources" => components(f, Kind::Source, entries, res, errors),
-            "processors" => components(f, Kind::Processor, entries, res, errors),
-            "destinations" => components(f, Kind::Destination, entries, res, errors),
+            "sources" => components(f, Kind::Source, entries, res, unparsed, errors),
+            "processors" => components(f, Kind::Processor, entries, res, unparsed, errors),
+            "destinations" => components(f, Kind::Destination, entries, res, unparsed, errors),
             "pipelines" => {
                 for (name, v) in entries {
                     let first = res.pipelines.get(&name).map(|p| p.file.clone());
-                    if let Some(mut p) = typed::<super::Pipeline>(f, "pipelines", &name, v, first, errors) {
-                        p.file = f.path.clone();
-                        res.pipelines.insert(name, p);
+                    match typed::<super::Pipeline>(f, "pipelines", &name, v, first, errors) {
+                        Some(mut p) => {
+                            p.file = f.path.clone();
+                            res.pipelines.insert(name, p);
+                        }
+                        None => {
+                            unparsed.names.insert(("pipelines".into(), name));
+                        }
                     }
                 }
             }
@@ -158,13 +177,19 @@ fn components(
     kind: Kind,
     entries: toml::Table,
     res: &mut Resources,
+    unparsed: &mut Unparsed,
     errors: &mut Vec<ValidationError>,
 ) {
     for (name, v) in entries {
         let first = res.components(kind).get(&name).map(|c| c.file.clone());
-        if let Some(mut c) = typed::<super::Component>(f, kind.section(), &name, v, first, errors) {
-            c.file = f.path.clone();
-            res.components_mut(kind).insert(name, c);
+        match typed::<super::Component>(f, kind.section(), &name, v, first, errors) {
+            Some(mut c) => {
+                c.file = f.path.clone();
+                res.components_mut(kind).insert(name, c);
+            }
+            None => {
+                unparsed.names.insert((kind.section().into(), name));
+            }
         }
     }
 }
@@ -232,8 +257,10 @@ mod tests {
             file("d.toml", "[sources.x\n"),
             file("e.toml", "[widgets.w]\n"),
         ];
-        let res = parse_files(&files, &mut errors);
+        let (res, unparsed) = parse_files(&files, &mut errors);
         assert!(res.is_empty());
+        assert_eq!(unparsed.files, ["d.toml"]);
+        assert!(unparsed.names.contains(&("sources".to_string(), "in".to_string())));
         let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.file.as_str(), e.key.as_str())).collect();
         assert_eq!(
             got,
@@ -256,7 +283,7 @@ mod tests {
             file("a.toml", "[processors.batch]\ntype = \"batch\"\n"),
             file("z/b.toml", "[processors.batch]\ntype = \"batch\"\n"),
         ];
-        let res = parse_files(&files, &mut errors);
+        let (res, _) = parse_files(&files, &mut errors);
         assert_eq!(res.processors["batch"].file, "a.toml");
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].file, "z/b.toml");

@@ -156,6 +156,15 @@ impl ConfigStoreHandle {
         options: StoreOptions,
     ) -> Result<ConfigStoreHandle, ConfigStoreError> {
         let location = git::locate(&cfg.url)?;
+        if let Location::Remote {
+            scheme: git::Scheme::Https,
+            ..
+        } = location
+        {
+            // gix's https client (reqwest) uses the process-wide rustls
+            // provider; `main` installs ring, embedders may not have.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let (repo_path, mode, mirror_path) = match &location {
             Location::Local(p) => (p.clone(), "local", None),
             Location::Remote { url, .. } => {

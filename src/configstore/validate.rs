@@ -6,23 +6,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::catalogue::{self, is_secret_field};
+use super::parse::Unparsed;
 use super::schema::{Component, Kind, Pipeline, Resources, Route, Signal};
 use super::yaml::Value;
 use super::{key_segment, ValidationError};
 
 /// Validate parsed resources; append every problem to `errors`.
-pub fn validate(res: &Resources, errors: &mut Vec<ValidationError>) {
+pub fn validate(res: &Resources, unparsed: &Unparsed, errors: &mut Vec<ValidationError>) {
     for kind in [Kind::Source, Kind::Processor, Kind::Destination] {
         for (name, c) in res.components(kind) {
             component(kind, name, c, errors);
         }
     }
     for (name, p) in &res.pipelines {
-        pipeline(res, name, p, errors);
+        pipeline(res, unparsed, name, p, errors);
     }
     let per_priority = routes_per_priority(&res.routes);
     for (name, r) in &res.routes {
-        route(res, name, r, &per_priority, errors);
+        route(res, unparsed, name, r, &per_priority, errors);
     }
 }
 
@@ -119,7 +120,23 @@ fn supported_signals(kind: Kind, c: &Component) -> Option<Vec<Signal>> {
         .or_else(|| catalogue::lookup(kind, &c.component_type).map(|s| s.signals.to_vec()))
 }
 
-fn pipeline(res: &Resources, name: &str, p: &Pipeline, errors: &mut Vec<ValidationError>) {
+/// A reference to a missing resource: an error, unless the resource exists
+/// but had errors of its own (already reported).
+fn dangling(unparsed: &Unparsed, section: &str, noun: &str, name: &str) -> Option<String> {
+    if unparsed.names.contains(&(section.to_string(), name.to_string())) {
+        return None;
+    }
+    let mut msg = format!("dangling reference: no {noun} named {name:?}");
+    if !unparsed.files.is_empty() {
+        msg.push_str(&format!(
+            " (unless it is in {}, which could not be parsed)",
+            unparsed.files.join(", ")
+        ));
+    }
+    Some(msg)
+}
+
+fn pipeline(res: &Resources, unparsed: &Unparsed, name: &str, p: &Pipeline, errors: &mut Vec<ValidationError>) {
     let base = format!("pipelines.{}", key_segment(name));
     check_name("pipelines", name, &p.file, errors);
     if p.signals.is_empty() {
@@ -146,11 +163,9 @@ fn pipeline(res: &Resources, name: &str, p: &Pipeline, errors: &mut Vec<Validati
         for (i, r) in refs.iter().enumerate() {
             let key = format!("{base}.{field}[{i}]");
             let Some(c) = res.components(kind).get(r) else {
-                errors.push(ValidationError::new(
-                    &p.file,
-                    key,
-                    format!("dangling reference: no {} named {r:?}", kind.noun()),
-                ));
+                if let Some(msg) = dangling(unparsed, kind.section(), kind.noun(), r) {
+                    errors.push(ValidationError::new(&p.file, key, msg));
+                }
                 continue;
             };
             if let Some(supported) = supported_signals(kind, c) {
@@ -182,7 +197,14 @@ fn routes_per_priority(routes: &BTreeMap<String, Route>) -> BTreeMap<i64, usize>
     count
 }
 
-fn route(res: &Resources, name: &str, r: &Route, priorities: &BTreeMap<i64, usize>, errors: &mut Vec<ValidationError>) {
+fn route(
+    res: &Resources,
+    unparsed: &Unparsed,
+    name: &str,
+    r: &Route,
+    priorities: &BTreeMap<i64, usize>,
+    errors: &mut Vec<ValidationError>,
+) {
     let base = format!("routes.{}", key_segment(name));
     check_name("routes", name, &r.file, errors);
     if r.pipelines.is_empty() {
@@ -194,12 +216,11 @@ fn route(res: &Resources, name: &str, r: &Route, priorities: &BTreeMap<i64, usiz
     }
     duplicates(&r.pipelines, &format!("{base}.pipelines"), &r.file, errors);
     for (i, p) in r.pipelines.iter().enumerate() {
-        if !res.pipelines.contains_key(p) {
-            errors.push(ValidationError::new(
-                &r.file,
-                format!("{base}.pipelines[{i}]"),
-                format!("dangling reference: no pipeline named {p:?}"),
-            ));
+        if res.pipelines.contains_key(p) {
+            continue;
+        }
+        if let Some(msg) = dangling(unparsed, "pipelines", "pipeline", p) {
+            errors.push(ValidationError::new(&r.file, format!("{base}.pipelines[{i}]"), msg));
         }
     }
     for (key, message) in r.selector.problems() {

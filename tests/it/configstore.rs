@@ -734,3 +734,78 @@ async fn measure_load_validate_and_reload_of_1000_resources() {
     );
     store.stop();
 }
+
+/// The https transport is wired to rustls with certificate verification:
+/// a server with an untrusted (self-signed) certificate is refused, and the
+/// failure is a visible fetch error, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_remote_with_an_untrusted_certificate_is_a_fetch_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(tmp.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(tmp.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = linkmesh::tls::server_config(
+        &linkmesh::config::TlsConfig {
+            cert_file: tmp.path().join("cert.pem"),
+            key_file: tmp.path().join("key.pem"),
+            client_ca_file: None,
+        },
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let server = tokio::spawn(async move {
+        loop {
+            let (s, _) = tcp.accept().await.unwrap();
+            let _ = acceptor.accept(s).await;
+        }
+    });
+
+    let url = format!("https://localhost:{port}/org/fleet.git");
+    let store = ConfigStoreHandle::start(&store_config(&url), &tmp.path().join("data"))
+        .await
+        .unwrap();
+    let st = status_until(&store, "the failed fetch", |s| {
+        s.last_fetch.as_ref().is_some_and(|f| f.error.is_some())
+    })
+    .await;
+    let error = st.last_fetch.unwrap().error.unwrap();
+    println!("fetch error: {error}");
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert!(store.current().is_none());
+    assert!(st.repository_error.unwrap().contains("not mirrored yet"));
+    store.stop();
+    server.abort();
+}
+
+#[test]
+fn check_config_refuses_unsupported_config_store_urls() {
+    for (url, want) in [
+        ("http://git.example.com/fleet.git", "https"),
+        ("ftp://git.example.com/fleet.git", "unsupported scheme"),
+        ("file://relative/path", "absolute path"),
+    ] {
+        let text = format!("[config_store]\nurl = {url:?}\n");
+        let e = linkmesh::config::load_str("t", &text, vec![]).unwrap_err();
+        assert!(
+            e.errors
+                .iter()
+                .any(|e| e.path == "config_store.url" && e.message.contains(want)),
+            "{url}: {e}"
+        );
+    }
+    let ok = linkmesh::config::load_str(
+        "t",
+        "[config_store]\nurl = \"https://git.example.com/fleet.git\"\n",
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(ok.config_store.unwrap().branch, "main");
+}
