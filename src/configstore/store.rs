@@ -441,8 +441,10 @@ fn apply(shared: &Shared, fetched: Option<Result<(), String>>, outcome: Outcome)
                     tracing::info!(commit = %revision.commit, resources = count, load_ms, author = %revision.author,
                         "Serving a new config commit.");
                     let snapshot = Arc::new(Snapshot { revision, resources });
-                    // Swap while still holding the status lock, so status and
-                    // snapshot never disagree for a reader holding both.
+                    // Swap after releasing the status lock: a subscriber that
+                    // holds a borrow of the snapshot and asks for the status
+                    // must not wait on us while we wait on its borrow.
+                    drop(st);
                     shared.snapshot.send_replace(Some(snapshot));
                 }
                 Err(errors) => {
