@@ -45,8 +45,14 @@
           haproxy-config = pkgs.runCommand "linkmesh-haproxy-config"
             { nativeBuildInputs = [ pkgs.haproxy ]; }
             ''
-              haproxy -c -f ${pkgs.writeText "haproxy.cfg" (import ./nix/haproxy-example.nix)}
-              diff -u ${./config/haproxy/haproxy.cfg} ${pkgs.writeText "haproxy.cfg" (import ./nix/haproxy-example.nix)}
+              haproxy -c -f ${pkgs.writeText "haproxy.cfg" (import ./nix/generated.nix).haproxy}
+              diff -u ${./config/haproxy/haproxy.cfg} ${pkgs.writeText "haproxy.cfg" (import ./nix/generated.nix).haproxy}
+              touch $out
+            '';
+          mongodb-init = pkgs.runCommand "linkmesh-mongodb-init-test"
+            { nativeBuildInputs = [ pkgs.nodejs ]; }
+            ''
+              node ${./nix/tests/mongodb-init-test.js} ${pkgs.writeText "mongodb-init.js" (import ./nix/generated.nix).mongodbInit}
               touch $out
             '';
           ha = pkgs.testers.runNixOSTest (import ./nix/tests/ha.nix {

@@ -64,8 +64,6 @@ let
     appDatabase = cfg.settings.database.name or "linkmesh";
   });
 
-  localUnits = map (i: "linkmesh-${i.name}.service") local;
-
   secretFileOption = what: mkOption {
     type = types.nullOr types.str;
     default = null;
@@ -214,8 +212,8 @@ in
       assertions =
         map (message: { assertion = false; inherit message; })
           (linkmesh.validateInstances allInstances
-            ++ lib.concatMap (b: b.errors) (lib.attrValues built)
-            ++ map (n: "services.linkmesh.ha.localInstances: '${n}' is not in instances")
+          ++ lib.concatMap (b: b.errors) (lib.attrValues built)
+          ++ map (n: "services.linkmesh.ha.localInstances: '${n}' is not in instances")
             (lib.filter (n: !(cfg.instances ? ${n})) cfg.localInstances))
         ++ [
           {

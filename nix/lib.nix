@@ -141,10 +141,10 @@ let
   # Each file is handed to the unit with systemd LoadCredential, so it can stay
   # root-only outside the Nix store; the TOML names the credential path.
   secretKeys = {
-    bootstrapAdminPasswordFile = [ "auth" "bootstrap_admin_password_file" ];
-    databaseUriFile = [ "database" "uri_file" ];
-    configStoreCredentialsFile = [ "config_store" "credentials_file" ];
-    tlsKeyFile = [ "tls" "key_file" ];
+    bootstrapAdminPasswordFile = { path = [ "auth" "bootstrap_admin_password_file" ]; id = "bootstrap-admin-password"; };
+    databaseUriFile = { path = [ "database" "uri_file" ]; id = "database-uri"; };
+    configStoreCredentialsFile = { path = [ "config_store" "credentials_file" ]; id = "config-store-credentials"; };
+    tlsKeyFile = { path = [ "tls" "key_file" ]; id = "tls-key"; };
   };
 
   # Keys whose inline form would put a secret into the world-readable store.
@@ -158,12 +158,11 @@ let
   secretSettings = { unitName, secrets }:
     let
       used = filter (n: (secrets.${n} or null) != null) (attrNames secretKeys);
-      credId = n: builtins.replaceStrings [ "_" ] [ "-" ] (elemAt secretKeys.${n} 1);
     in
     {
       settings = foldl' recursiveUpdate { }
-        (map (n: setAttrByPath secretKeys.${n} "/run/credentials/${unitName}.service/${credId n}") used);
-      loadCredentials = map (n: "${credId n}:${secrets.${n}}") used;
+        (map (n: setAttrByPath secretKeys.${n}.path "/run/credentials/${unitName}.service/${secretKeys.${n}.id}") used);
+      loadCredentials = map (n: "${secretKeys.${n}.id}:${secrets.${n}}") used;
     };
 
   # Settings the modules add under the user's settings (user values win).
@@ -404,7 +403,8 @@ let
     }:
     let
       opts = { inherit replicaSet authSource; } // options;
-      query = concatStringsSep "&" (map (k: "${k}=${toString opts.${k}}") (attrNames opts));
+      str = v: if builtins.isBool v then (if v then "true" else "false") else toString v;
+      query = concatStringsSep "&" (map (k: "${k}=${str opts.${k}}") (attrNames opts));
     in
     {
       prefix = "mongodb://${user}:";
@@ -438,12 +438,15 @@ let
       "const admin = db.getSiblingDB(\"admin\");"
       "const hello = () => admin.runCommand({ hello: 1 });"
       "if (!hello().setName) {"
+      "  // runCommand returns ok: 0 or throws, depending on the mongosh version."
+      "  let res;"
       "  try {"
-      "    admin.runCommand({ replSetInitiate: replSet });"
-      "    print(\"replica set \" + replSet._id + \" initiated\");"
+      "    res = admin.runCommand({ replSetInitiate: replSet });"
       "  } catch (e) {"
-      "    if (e.code !== 23) throw e; // AlreadyInitialized"
+      "    res = { ok: 0, code: e.code, errmsg: String(e) };"
       "  }"
+      "  if (res.ok === 1) print(\"replica set \" + replSet._id + \" initiated\");"
+      "  else if (res.code !== 23) throw new Error(\"replSetInitiate: \" + JSON.stringify(res)); // 23: AlreadyInitialized"
       "}"
       "while (hello().isWritablePrimary !== true) {"
       "  if (Date.now() > deadline) {"

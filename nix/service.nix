@@ -13,7 +13,7 @@ let
   placeholderFor = path:
     if lib.last path == "uri_file"
     then "mongodb://check-config.invalid:27017/?replicaSet=rs0"
-    else "placeholder";
+    else "placeholder-for-linkmesh-check-config";
 
   secretOption = what: mkOption {
     type = types.nullOr types.str;
@@ -153,7 +153,7 @@ in
 
       secretPaths = lib.filter (p: p != null) (lib.attrValues cfg.secrets);
       secretKeyClashes = lib.filter
-        (n: cfg.secrets.${n} != null && linkmesh.getAttrByPath linkmesh.secretKeys.${n} null settings != null)
+        (n: cfg.secrets.${n} != null && linkmesh.getAttrByPath linkmesh.secretKeys.${n}.path null settings != null)
         (lib.attrNames linkmesh.secretKeys);
     in
     {
@@ -164,7 +164,7 @@ in
         map (e: "${unitName}: ${e}") (linkmesh.settingsErrors { settings = finalSettings; })
         ++ map (p: "${unitName}: secret file ${p} must be an absolute path outside the Nix store")
           (lib.filter (p: !(lib.hasPrefix "/" p) || lib.hasPrefix builtins.storeDir p) secretPaths)
-        ++ map (n: "${unitName}: secrets.${n} and settings.${lib.concatStringsSep "." linkmesh.secretKeys.${n}} are both set")
+        ++ map (n: "${unitName}: secrets.${n} and settings.${lib.concatStringsSep "." linkmesh.secretKeys.${n}.path} are both set")
           secretKeyClashes;
 
       # Callers add ordering (after/requires) with lib.mkMerge.
@@ -175,11 +175,14 @@ in
         after = [ "network-online.target" ];
         inherit (cfg) environment;
         restartTriggers = [ configFile ];
+        # Keep retrying (e.g. while the database is unreachable) instead of
+        # giving up after systemd's default 5 starts in 10 s.
+        startLimitIntervalSec = 0;
         serviceConfig = {
           Type = "exec";
           ExecStart = "${cfg.package}/bin/linkmesh serve --config ${configFile}";
           Restart = "on-failure";
-          RestartSec = "2s";
+          RestartSec = "5s";
           # SIGTERM starts a graceful shutdown bounded by server.shutdown_grace.
           KillSignal = "SIGTERM";
           TimeoutStopSec = grace + 5;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod configstore;
 pub mod domain;
 pub mod fleet;
 pub mod sim;
@@ -72,8 +73,19 @@ pub enum RunError {
     Tls(#[from] tls::TlsError),
     #[error("bootstrap admin: {0}")]
     Bootstrap(domain::DomainError),
+    #[error("config store: {0}")]
+    ConfigStore(#[from] configstore::ConfigStoreError),
     #[error("server: {0}")]
     Serve(std::io::Error),
+}
+
+/// Where an instance keeps local files besides the embedded store (the
+/// config repository mirror): the directory of `storage.embedded.path`.
+pub fn data_dir(config: &Config) -> std::path::PathBuf {
+    match config.storage.embedded.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
 }
 
 /// Open the store the config names.
@@ -112,7 +124,7 @@ pub async fn run_with_store(
         api_token_ttl: config.auth.api_token_ttl,
         enrollment_token_ttl: config.auth.enrollment_token_ttl,
     };
-    let domain = Domain::new(store, clock, instance.clone(), settings);
+    let domain = Domain::new(store, clock.clone(), instance.clone(), settings);
 
     if let Some(pw) = &config.auth.bootstrap_admin_password {
         let name = &config.auth.bootstrap_admin_username;
@@ -121,12 +133,24 @@ pub async fn run_with_store(
         }
     }
 
+    let config_store = match &config.config_store {
+        Some(cs) => {
+            let options = configstore::StoreOptions {
+                clock: clock.clone(),
+                metrics: Some(metrics.clone()),
+            };
+            let handle = configstore::ConfigStoreHandle::start_with(cs, &data_dir(&config), options).await?;
+            Some(handle)
+        }
+        None => None,
+    };
     let fleet = Fleet::start(
         domain.clone(),
         FleetSettings {
             instance: instance.clone(),
             liveness_timeout: config.fleet.liveness_timeout,
         },
+        config_store.clone(),
         metrics.clone(),
     );
     let state = Arc::new(api::AppState {
@@ -138,6 +162,7 @@ pub async fn run_with_store(
         instance: instance.clone(),
         cookie_secure: config.cookie_secure(),
         session_ttl: config.auth.session_ttl,
+        config_store: config_store.clone(),
         openapi_json: Default::default(),
     });
     let app = api::router(state, config.server.max_request_bytes);
@@ -219,6 +244,9 @@ pub async fn run_with_store(
         }
     };
     sweeper.abort();
+    if let Some(cs) = &config_store {
+        cs.stop();
+    }
     result
 }
 

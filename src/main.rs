@@ -1,4 +1,5 @@
-//! The `linkmesh` command: serve, check a config, and print the version.
+//! The `linkmesh` command: serve, check a server config, validate a fleet
+//! config repository, and print the version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,17 @@ enum Command {
         /// The server config file (TOML).
         file: PathBuf,
     },
+    /// Validate a fleet config repository checkout (a plain directory; no
+    /// git needed) with the rules the server applies to every commit. Exit
+    /// 0 when valid; 1 listing every error with its file and key path.
+    Validate {
+        /// The config directory (the repository root, or its `dir`).
+        dir: PathBuf,
+        /// Also print the collector config rendered for this label set,
+        /// e.g. `--render env=prod --render os=linux`.
+        #[arg(long = "render", value_name = "KEY=VALUE")]
+        render: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +58,73 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => serve(config),
+        Command::Validate { dir, render } => validate(&dir, &render),
+    }
+}
+
+fn validate(dir: &std::path::Path, render: &[String]) -> ExitCode {
+    let mut labels = std::collections::BTreeMap::new();
+    for kv in render {
+        match kv.split_once('=') {
+            Some((k, v)) => {
+                labels.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            None => {
+                eprintln!("--render {kv:?}: expected KEY=VALUE");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let start = std::time::Instant::now();
+    match linkmesh::configstore::load_dir(dir) {
+        Ok(resources) => {
+            println!(
+                "{}: OK ({} sources, {} processors, {} destinations, {} pipelines, {} routes; {} ms)",
+                dir.display(),
+                resources.sources.len(),
+                resources.processors.len(),
+                resources.destinations.len(),
+                resources.pipelines.len(),
+                resources.routes.len(),
+                start.elapsed().as_millis()
+            );
+            if !render.is_empty() {
+                let snapshot = linkmesh::configstore::Snapshot {
+                    revision: linkmesh::configstore::Revision {
+                        commit: "working-tree".into(),
+                        time: linkmesh::clock::Timestamp(0),
+                        author: String::new(),
+                        message: String::new(),
+                    },
+                    resources,
+                };
+                let r = snapshot.render(&labels);
+                println!(
+                    "# routes: {}; pipelines: {}; hash: {}",
+                    r.routes.join(", "),
+                    r.pipelines.join(", "),
+                    r.hash
+                );
+                print!("{}", r.yaml);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                let file = if e.file.is_empty() {
+                    dir.display().to_string()
+                } else {
+                    dir.join(&e.file).display().to_string()
+                };
+                if e.key.is_empty() {
+                    eprintln!("{file}: {}", e.message);
+                } else {
+                    eprintln!("{file}: {}: {}", e.key, e.message);
+                }
+            }
+            eprintln!("{}: {} error(s)", dir.display(), errors.len());
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -33,6 +33,10 @@ pub struct Metrics {
     storage_latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Collectors connected to this instance (set by the fleet module).
     pub connected_collectors: Gauge,
+    config_revision: Family<Labels, Gauge>,
+    config_reloads: Counter,
+    config_reload_failures: Counter,
+    config_head_valid: Gauge,
 }
 
 impl Metrics {
@@ -70,13 +74,53 @@ impl Metrics {
             "Collectors connected to this instance",
             connected_collectors.clone(),
         );
+        let config_revision = Family::<Labels, Gauge>::default();
+        registry.register(
+            "config_revision_info",
+            "The config commit this instance serves (value 1)",
+            config_revision.clone(),
+        );
+        let config_reloads = Counter::default();
+        registry.register("config_reloads", "Valid config commits applied", config_reloads.clone());
+        let config_reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Invalid config commits refused (the last valid one kept serving)",
+            config_reload_failures.clone(),
+        );
+        let config_head_valid = Gauge::default();
+        registry.register(
+            "config_head_valid",
+            "1 when the newest commit of the config branch is valid and served, 0 when it was refused",
+            config_head_valid.clone(),
+        );
         Metrics {
             registry,
             http_requests,
             http_latency,
             storage_latency,
             connected_collectors,
+            config_revision,
+            config_reloads,
+            config_reload_failures,
+            config_head_valid,
         }
+    }
+
+    /// A valid config commit is now served.
+    pub fn config_serving(&self, commit: &str) {
+        self.config_revision.clear();
+        self.config_revision
+            .get_or_create(&vec![("commit", commit.to_string())])
+            .set(1);
+        self.config_reloads.inc();
+        self.config_head_valid.set(1);
+    }
+
+    /// A config commit was refused as invalid.
+    pub fn config_reload_failed(&self) {
+        self.config_reload_failures.inc();
+        self.config_head_valid.set(0);
     }
 
     pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {

@@ -43,14 +43,31 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Json<Health> {
     })
 }
 
-/// The instance can serve: the store answers (within 2 s).
+/// The instance can serve: the store answers (within 2 s) and, when a
+/// config store is configured, a valid config commit is loaded.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
-    let reason = match tokio::time::timeout(Duration::from_secs(2), s.domain.store().ping()).await {
+    let mut reason = match tokio::time::timeout(Duration::from_secs(2), s.domain.store().ping()).await {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("store: {e}")),
         Err(_) => Some("store: no answer within 2 s".into()),
     };
+    // With a config store, an instance without a valid snapshot has nothing
+    // to render for collectors: keep it out of the load balancer.
+    if let (None, Some(cs)) = (&reason, &s.config_store) {
+        if cs.current().is_none() {
+            let st = cs.status();
+            let why = st
+                .repository_error
+                .or_else(|| {
+                    st.last_attempt
+                        .filter(|a| !a.valid)
+                        .map(|a| format!("commit {} is invalid", a.revision.commit))
+                })
+                .unwrap_or_else(|| "not loaded yet".into());
+            reason = Some(format!("config store: no valid config commit ({why})"));
+        }
+    }
     let status = if reason.is_none() {
         StatusCode::OK
     } else {

@@ -5,6 +5,7 @@
 mod auth;
 mod canvas;
 mod collectors;
+mod configstore;
 pub mod error;
 pub mod extract;
 mod fleet;
@@ -25,6 +26,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::configstore::ConfigStoreHandle;
 use crate::domain::Domain;
 use crate::fleet::Fleet;
 use crate::telemetry::Metrics;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub instance: String,
     pub cookie_secure: bool,
     pub session_ttl: Duration,
+    /// The fleet config store, when `[config_store]` is set.
+    pub config_store: Option<ConfigStoreHandle>,
     /// Filled by `router()`; start with `Default::default()`.
     pub openapi_json: OnceLock<String>,
 }
@@ -56,6 +60,7 @@ pub struct AppState {
         (name = "collectors", description = "Enrollment and collector records"),
         (name = "canvas", description = "The routing canvas"),
         (name = "audit", description = "Audit log"),
+        (name = "config", description = "The git-backed fleet config store"),
         (name = "health", description = "Probes and metrics"),
         (name = "fleet", description = "Fleet status, labels, commands, pinned configs"),
         (name = "opamp", description = "OpAMP transports for collectors (protobuf)"),
@@ -89,6 +94,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(collectors::routes())
         .merge(canvas::routes())
         .merge(fleet::routes())
+        .merge(configstore::routes())
         .routes(routes!(
             crate::transport::opamp_http::post,
             crate::transport::opamp_ws::upgrade

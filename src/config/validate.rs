@@ -68,6 +68,8 @@ pub(super) fn resolve_and_validate(config: &mut Config, errors: &mut Vec<ConfigE
     if let Some(cs) = &config.config_store {
         if cs.url.trim().is_empty() {
             errors.push(ConfigError::new("config_store.url", "must not be empty"));
+        } else if let Err(e) = crate::configstore::check_url(&cs.url) {
+            errors.push(ConfigError::new("config_store.url", e));
         }
         if let Some(f) = &cs.credentials_file {
             check_file("config_store.credentials_file", f, errors);

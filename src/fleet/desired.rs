@@ -8,6 +8,9 @@ use sha2::{Digest, Sha256};
 
 use crate::proto::opamp_msgs as pb;
 
+/// Name of the file a config-store config is sent as.
+pub const RENDERED_FILE: &str = "collector.yaml";
+
 /// A config offer: named files and their hash.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
@@ -36,6 +39,25 @@ impl Desired {
             hash,
             files,
             source,
+        }
+    }
+
+    /// A rendered config-store config: one YAML file whose hash is the
+    /// renderer's (it leaves out the header naming the commit, so a commit
+    /// that does not change this collector's config pushes nothing).
+    pub fn from_rendered(r: &crate::configstore::Rendered) -> Self {
+        let files = [(
+            RENDERED_FILE.to_string(),
+            (r.yaml.clone().into_bytes(), "application/yaml".to_string()),
+        )]
+        .into();
+        let hash = hex::decode(&r.hash).unwrap_or_else(|_| r.hash.as_bytes().to_vec());
+        let short: String = r.commit.chars().take(12).collect();
+        Desired {
+            hash_hex: hex::encode(&hash),
+            hash,
+            files,
+            source: format!("config_store@{short}"),
         }
     }
 

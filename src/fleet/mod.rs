@@ -18,7 +18,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::clock::Timestamp;
+use crate::configstore::ConfigStoreHandle;
 use crate::domain::secrets::{self, SecretKind};
+use crate::domain::Labels;
 use crate::domain::{
     Collector, CollectorCredential, CollectorStatus, ConfigAssignment, Domain, DomainError, ServerInstance,
     DEFAULT_ASSIGNMENT,
@@ -128,6 +130,16 @@ struct Inner {
     default: RwLock<Option<Option<Arc<Desired>>>>,
     writer: StatusWriter,
     started_at: Timestamp,
+    config_store: Option<ConfigStoreHandle>,
+    /// Renders of the served snapshot by label set: collectors sharing
+    /// labels share one render. Cleared when the snapshot changes.
+    renders: Mutex<RenderCache>,
+}
+
+#[derive(Default)]
+struct RenderCache {
+    commit: String,
+    by_labels: HashMap<Labels, Option<Arc<Desired>>>,
 }
 
 #[derive(Clone)]
@@ -138,9 +150,17 @@ pub struct Fleet {
 impl Fleet {
     /// Start the fleet of this instance: change-feed listener, liveness
     /// sweeper, presence heartbeat, status writer.
-    pub fn start(domain: Domain, settings: FleetSettings, metrics: Arc<Metrics>) -> Fleet {
+    pub fn start(
+        domain: Domain,
+        settings: FleetSettings,
+        config_store: Option<ConfigStoreHandle>,
+        metrics: Arc<Metrics>,
+    ) -> Fleet {
         let feed = domain.store().subscribe();
+        let snapshots = config_store.as_ref().map(|c| c.subscribe());
         let inner = Arc::new(Inner {
+            config_store,
+            renders: Mutex::new(RenderCache::default()),
             writer: StatusWriter::start(domain.store().clone()),
             started_at: domain.clock().now(),
             domain,
@@ -154,6 +174,9 @@ impl Fleet {
         tokio::spawn(fleet.clone().follow_changes(feed));
         tokio::spawn(fleet.clone().sweep());
         tokio::spawn(fleet.clone().heartbeat_presence());
+        if let Some(rx) = snapshots {
+            tokio::spawn(fleet.clone().follow_snapshots(rx));
+        }
         fleet
     }
 
@@ -410,11 +433,38 @@ impl Fleet {
         Ok(loaded)
     }
 
+    /// The config store's config for these labels, if it routes any
+    /// pipeline to them (a config without pipelines would be refused by
+    /// the collector, so it is never offered).
+    fn rendered(&self, labels: &Labels) -> Option<Arc<Desired>> {
+        let snapshot = self.inner.config_store.as_ref()?.current()?;
+        let mut cache = self.inner.renders.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.commit != snapshot.revision.commit {
+            *cache = RenderCache {
+                commit: snapshot.revision.commit.clone(),
+                by_labels: HashMap::new(),
+            };
+        }
+        cache
+            .by_labels
+            .entry(labels.clone())
+            .or_insert_with(|| {
+                let r = snapshot.render(labels);
+                (!r.pipelines.is_empty()).then(|| Arc::new(Desired::from_rendered(&r)))
+            })
+            .clone()
+    }
+
+    /// Where a collector's config comes from, in order: a config pinned to
+    /// it, the config store for its labels, the fleet default.
     async fn resolve(&self, ctx: &Ctx) -> Result<Option<Arc<Desired>>, DomainError> {
         if ctx.pinned {
             if let Some(a) = self.assignment(&ctx.collector.id).await? {
                 return Ok(Some(Arc::new(Desired::from((&a.value, "assignment")))));
             }
+        }
+        if let Some(d) = self.rendered(&ctx.collector.labels) {
+            return Ok(Some(d));
         }
         self.default_desired().await
     }
@@ -425,24 +475,56 @@ impl Fleet {
         if let Some(a) = self.assignment(&collector.id).await? {
             return Ok(Some(Arc::new(Desired::from((&a.value, "assignment")))));
         }
+        if let Some(d) = self.rendered(&collector.labels) {
+            return Ok(Some(d));
+        }
         self.default_desired().await
     }
 
-    /// Re-resolve a session's desired config and push it if it changed.
-    async fn refresh(&self, ctx: &SharedCtx, push: &Push) {
+    /// A new valid commit is served: re-resolve every session; only those
+    /// whose config hash changed get a push.
+    async fn follow_snapshots(self, mut rx: tokio::sync::watch::Receiver<Option<Arc<crate::configstore::Snapshot>>>) {
+        while rx.changed().await.is_ok() {
+            let commit = rx.borrow_and_update().as_ref().map(|s| s.revision.commit.clone());
+            let started = Instant::now();
+            let all: Vec<(SharedCtx, Push)> = self
+                .sessions()
+                .values()
+                .map(|e| (e.ctx.clone(), e.push.clone()))
+                .collect();
+            let mut pushed = 0usize;
+            for (ctx, push) in &all {
+                if self.refresh(ctx, push).await {
+                    pushed += 1;
+                }
+            }
+            tracing::info!(
+                commit = commit.as_deref().unwrap_or(""),
+                sessions = all.len(),
+                pushed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Applied a new config revision to the fleet."
+            );
+        }
+    }
+
+    /// Re-resolve a session's desired config and push it if it changed;
+    /// returns whether it changed.
+    async fn refresh(&self, ctx: &SharedCtx, push: &Push) -> bool {
         let mut ctx = ctx.lock().await;
         let desired = match self.resolve(&ctx).await {
             Ok(d) => d,
             Err(e) => {
-                return tracing::warn!(collector_id = %ctx.collector.id, error = %e, "Could not resolve the desired config.")
+                tracing::warn!(collector_id = %ctx.collector.id, error = %e, "Could not resolve the desired config.");
+                return false;
             }
         };
         if desired.as_ref().map(|d| &d.hash) == ctx.desired.as_ref().map(|d| &d.hash) {
-            return;
+            return false;
         }
         ctx.desired = desired;
         // HTTP sessions get the offer on their next poll.
-        let Some(push) = push else { return };
+        let Some(push) = push else { return true };
         let desired = ctx.desired.clone();
         if let Some(offer) = ctx.agent.offer(desired.as_deref()) {
             let msg = pb::ServerToAgent {
@@ -455,6 +537,7 @@ impl Fleet {
                 tracing::debug!(collector_id = %ctx.collector.id, "Push queue full; the config is offered again on the next report.");
             }
         }
+        true
     }
 
     // ---- reacting to changes from any instance ----

@@ -165,7 +165,13 @@ impl Fleet {
 
     fn summarize(&self, c: &Versioned<Collector>, l: &Loaded) -> FleetCollector {
         let s = l.statuses.get(&c.key);
-        let desired = l.pinned.get(&c.key).or(l.default.as_ref());
+        // Same order as the push path: pinned, config store, default.
+        let rendered = if l.pinned.contains_key(&c.key) {
+            None
+        } else {
+            self.rendered(&c.value.labels)
+        };
+        let desired = l.pinned.get(&c.key).or(rendered.as_ref()).or(l.default.as_ref());
         let (config_status, config_error) = config_of(s, desired.map(|d| d.as_ref()));
         FleetCollector {
             id: c.value.id.clone(),

@@ -142,6 +142,10 @@ async fn openapi_document_covers_every_route() {
         "GET /api/v1/canvas",
         "PUT /api/v1/canvas",
         "GET /api/v1/audit",
+        "GET /api/v1/config/revision",
+        "GET /api/v1/config/status",
+        "GET /api/v1/config/resources",
+        "POST /api/v1/config/render-preview",
     ]
     .into_iter()
     .map(String::from)

@@ -4,6 +4,7 @@
 mod api;
 mod concurrency;
 mod config;
+mod configstore;
 mod conformance;
 mod durability;
 mod interop;

@@ -1,0 +1,481 @@
+//! The running store: one reload loop per instance that wakes on a notify
+//! event (local repository), a poll tick (fetch of a remote mirror; also a
+//! safety net for a local one), or an explicit refresh; reads the branch
+//! tip; and when the commit changed, parses and validates it as a whole.
+//! Stages: load, validate, then apply (swap the snapshot) or keep the old
+//! one, with the outcome in the status, metrics and log.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use utoipa::ToSchema;
+
+use super::git::{self, Credentials, Location};
+use super::{load_files, ConfigStoreError, Resources, Revision, Snapshot, ValidationError};
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::config::ConfigStoreConfig;
+use crate::telemetry::Metrics;
+
+/// Where remote mirrors live below the data directory.
+pub fn mirror_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("config-mirror")
+}
+
+/// What the store is doing, for the API, `/readyz` and operators.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StoreStatus {
+    /// The repository URL (credentials removed).
+    pub url: String,
+    pub branch: String,
+    pub dir: Option<String>,
+    /// `local` (opened in place, watched) or `mirror` (fetched).
+    pub mode: String,
+    /// The bare mirror (mode `mirror`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror_path: Option<String>,
+    /// The commit being served: the last valid one.
+    pub serving: Option<Revision>,
+    /// The last commit checked (the branch tip), valid or not.
+    pub last_attempt: Option<Attempt>,
+    /// The last fetch of a remote (mode `mirror`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_fetch: Option<FetchStatus>,
+    /// Reading the repository failed (not a content problem), e.g. the
+    /// branch does not exist.
+    pub repository_error: Option<String>,
+    /// Valid commits applied since start.
+    pub reloads: u64,
+    /// Invalid commits refused since start.
+    pub reload_failures: u64,
+}
+
+/// One commit's validation.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Attempt {
+    pub revision: Revision,
+    pub valid: bool,
+    /// Every problem, with file and key path (empty when valid).
+    pub errors: Vec<ValidationError>,
+    pub checked_at: Timestamp,
+    /// Time to read, parse and validate the commit.
+    pub load_ms: u64,
+    /// How many resources the commit defines (when valid).
+    pub resources: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FetchStatus {
+    pub at: Timestamp,
+    /// `None` when the fetch succeeded.
+    pub error: Option<String>,
+    pub last_success: Option<Timestamp>,
+}
+
+/// Time and metrics for the store; `Default` is the system clock and no
+/// metrics.
+#[derive(Clone)]
+pub struct StoreOptions {
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            clock: Arc::new(SystemClock),
+            metrics: None,
+        }
+    }
+}
+
+/// Running store: started by `crate::run` when `[config_store]` is set.
+/// Cheap to clone; the tasks stop when the last clone is dropped or on
+/// `stop()`.
+#[derive(Clone)]
+pub struct ConfigStoreHandle {
+    shared: Arc<Shared>,
+    tasks: Arc<Tasks>,
+}
+
+/// State shared by the handles and the reload loop.
+struct Shared {
+    /// The served snapshot. A watch channel: readers take the current value
+    /// without locking, subscribers are woken on every swap.
+    snapshot: watch::Sender<Option<Arc<Snapshot>>>,
+    /// A std mutex: held only to copy or update a few fields, never across
+    /// an await.
+    status: Mutex<StoreStatus>,
+    /// Wakes the reload loop (notify events, `refresh()`).
+    wake: mpsc::Sender<()>,
+    /// Tells a running gix fetch to give up (on stop).
+    interrupt: AtomicBool,
+    source: Source,
+    options: StoreOptions,
+}
+
+/// What the loop reads from.
+struct Source {
+    location: Location,
+    /// The local repository, or the mirror.
+    repo_path: PathBuf,
+    branch: String,
+    dir: Option<String>,
+    credentials_file: Option<PathBuf>,
+}
+
+struct Tasks(Mutex<Vec<JoinHandle<()>>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in lock(&self.0).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere; the data is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ConfigStoreHandle {
+    /// Open (local) or create (remote mirror) the repository, load the
+    /// current commit, and spawn the watcher and poller.
+    pub async fn start(cfg: &ConfigStoreConfig, data_dir: &Path) -> Result<ConfigStoreHandle, ConfigStoreError> {
+        Self::start_with(cfg, data_dir, StoreOptions::default()).await
+    }
+
+    pub async fn start_with(
+        cfg: &ConfigStoreConfig,
+        data_dir: &Path,
+        options: StoreOptions,
+    ) -> Result<ConfigStoreHandle, ConfigStoreError> {
+        let location = git::locate(&cfg.url)?;
+        if let Location::Remote {
+            scheme: git::Scheme::Https,
+            ..
+        } = location
+        {
+            // gix's https client (reqwest) uses the process-wide rustls
+            // provider; `main` installs ring, embedders may not have.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let (repo_path, mode, mirror_path) = match &location {
+            Location::Local(p) => (p.clone(), "local", None),
+            Location::Remote { url, .. } => {
+                let m = git::mirror_path(&mirror_dir(data_dir), url);
+                (m.clone(), "mirror", Some(m.display().to_string()))
+            }
+        };
+        let source = Source {
+            location: location.clone(),
+            repo_path,
+            branch: cfg.branch.clone(),
+            dir: cfg.dir.clone(),
+            credentials_file: cfg.credentials_file.clone(),
+        };
+        // Fail start-up on what an operator must fix: a path that is no git
+        // repository, a mirror directory we cannot create.
+        let git_dir = {
+            let path = source.repo_path.clone();
+            let is_local = matches!(location, Location::Local(_));
+            tokio::task::spawn_blocking(move || {
+                let repo = if is_local {
+                    git::open(&path, Vec::new())?
+                } else {
+                    git::open_or_init_mirror(&path, Vec::new())?
+                };
+                Ok::<_, ConfigStoreError>(git::refs_dir(&repo))
+            })
+            .await
+            .map_err(|e| ConfigStoreError::Task(e.to_string()))??
+        };
+
+        let (wake_tx, wake_rx) = mpsc::channel(1);
+        let status = StoreStatus {
+            url: git::redact(&cfg.url),
+            branch: cfg.branch.clone(),
+            dir: cfg.dir.clone(),
+            mode: mode.into(),
+            mirror_path,
+            serving: None,
+            last_attempt: None,
+            last_fetch: None,
+            repository_error: None,
+            reloads: 0,
+            reload_failures: 0,
+        };
+        let shared = Arc::new(Shared {
+            snapshot: watch::Sender::new(None),
+            status: Mutex::new(status),
+            wake: wake_tx.clone(),
+            interrupt: AtomicBool::new(false),
+            source,
+            options,
+        });
+
+        // Serve what is there now: the local branch, or what the mirror kept
+        // from before a restart (the first fetch follows at once).
+        check(&shared, false).await;
+
+        let watch = match &location {
+            Location::Local(_) => Some(super::watch::watch_refs(&git_dir, wake_tx)?),
+            Location::Remote { .. } => None,
+        };
+        let task = tokio::spawn(reload_loop(shared.clone(), wake_rx, cfg.poll_interval, watch));
+        Ok(ConfigStoreHandle {
+            shared,
+            tasks: Arc::new(Tasks(Mutex::new(vec![task]))),
+        })
+    }
+
+    /// The last valid snapshot.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.shared.snapshot.borrow().clone()
+    }
+
+    /// Woken on every snapshot swap (not on refused commits).
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.shared.snapshot.subscribe()
+    }
+
+    /// Last attempted commit, whether it was valid, its errors, the last
+    /// fetch and repository errors.
+    pub fn status(&self) -> StoreStatus {
+        lock(&self.shared.status).clone()
+    }
+
+    /// Check the repository now (fetch a remote) instead of at the next
+    /// poll.
+    pub fn refresh(&self) {
+        let _ = self.shared.wake.try_send(());
+    }
+
+    /// Stop the watcher and poller (also when the last handle is dropped).
+    pub fn stop(&self) {
+        self.shared.interrupt.store(true, Ordering::SeqCst);
+        for t in lock(&self.tasks.0).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn reload_loop(
+    shared: Arc<Shared>,
+    mut wake: mpsc::Receiver<()>,
+    poll: Duration,
+    // Owned here so the watcher lives exactly as long as the loop.
+    _watch: Option<super::watch::Watch>,
+) {
+    let is_remote = matches!(shared.source.location, Location::Remote { .. });
+    // A remote fetches at once; a local repository was just loaded.
+    let first = if is_remote {
+        tokio::time::Instant::now()
+    } else {
+        tokio::time::Instant::now() + poll
+    };
+    let mut tick = tokio::time::interval_at(first, poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            w = wake.recv() => {
+                if w.is_none() {
+                    // Cannot happen while `shared` holds a sender; be safe.
+                    tick.tick().await;
+                }
+            }
+        }
+        check(&shared, is_remote).await;
+    }
+}
+
+/// What one look at the repository found.
+enum Outcome {
+    /// The tip is the commit checked last time.
+    Unchanged,
+    Loaded {
+        revision: Revision,
+        result: Result<Resources, Vec<ValidationError>>,
+        elapsed: Duration,
+    },
+    NoBranch,
+    RepositoryError(String),
+}
+
+/// Fetch (remote, if asked), read the tip and load it if new; apply the
+/// outcome.
+async fn check(shared: &Arc<Shared>, fetch: bool) {
+    let last = lock(&shared.status)
+        .last_attempt
+        .as_ref()
+        .map(|a| a.revision.commit.clone());
+    let s = shared.clone();
+    let joined = tokio::task::spawn_blocking(move || look(&s, fetch, last)).await;
+    let (fetched, outcome) = match joined {
+        Ok(r) => r,
+        Err(e) => (None, Outcome::RepositoryError(format!("config store task failed: {e}"))),
+    };
+    apply(shared, fetched, outcome);
+}
+
+/// Blocking part: gix work and parsing.
+fn look(shared: &Shared, fetch: bool, last: Option<String>) -> (Option<Result<(), String>>, Outcome) {
+    let src = &shared.source;
+    let credentials = match (&src.location, &src.credentials_file) {
+        (Location::Remote { scheme, .. }, Some(path)) => match Credentials::load(path, *scheme) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return (
+                    fetch.then(|| Err(e.to_string())),
+                    Outcome::RepositoryError(e.to_string()),
+                )
+            }
+        },
+        _ => None,
+    };
+    let overrides = credentials
+        .as_ref()
+        .map(Credentials::config_overrides)
+        .unwrap_or_default();
+    let repo = match git::open(&src.repo_path, overrides) {
+        Ok(r) => r,
+        Err(e) => return (None, Outcome::RepositoryError(e.to_string())),
+    };
+    let mut fetched = None;
+    if let (true, Location::Remote { url, .. }) = (fetch, &src.location) {
+        let r = git::fetch(&repo, url, &src.branch, credentials, &shared.interrupt);
+        fetched = Some(r.map_err(|e| e.to_string()));
+    }
+    let tip = match git::branch_tip(&repo, &src.branch) {
+        Ok(Some(t)) => t,
+        Ok(None) => return (fetched, Outcome::NoBranch),
+        Err(e) => return (fetched, Outcome::RepositoryError(e.to_string())),
+    };
+    if last.as_deref() == Some(tip.to_string().as_str()) {
+        return (fetched, Outcome::Unchanged);
+    }
+    let start = Instant::now();
+    let commit = match git::read_commit(&repo, tip, src.dir.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return (fetched, Outcome::RepositoryError(e.to_string())),
+    };
+    let result = commit.files.map_err(|e| vec![e]).and_then(|files| load_files(&files));
+    (
+        fetched,
+        Outcome::Loaded {
+            revision: commit.revision,
+            result,
+            elapsed: start.elapsed(),
+        },
+    )
+}
+
+fn apply(shared: &Shared, fetched: Option<Result<(), String>>, outcome: Outcome) {
+    let now = shared.options.clock.now();
+    let metrics = shared.options.metrics.as_deref();
+    let mut st = lock(&shared.status);
+    if let Some(f) = fetched {
+        let prev_error = st.last_fetch.as_ref().and_then(|f| f.error.clone());
+        let last_success = match &f {
+            Ok(()) => Some(now),
+            Err(_) => st.last_fetch.as_ref().and_then(|f| f.last_success),
+        };
+        match &f {
+            Err(e) if prev_error.as_ref() != Some(e) => {
+                tracing::warn!(url = %st.url, error = %e, "Fetching the config repository failed; serving the last mirrored commit.")
+            }
+            Ok(()) if prev_error.is_some() => {
+                tracing::info!(url = %st.url, "Fetching the config repository works again.")
+            }
+            _ => {}
+        }
+        st.last_fetch = Some(FetchStatus {
+            at: now,
+            error: f.err(),
+            last_success,
+        });
+    }
+    match outcome {
+        Outcome::Unchanged => st.repository_error = None,
+        Outcome::NoBranch => {
+            let waiting = st.mode == "mirror" && st.last_fetch.as_ref().is_none_or(|f| f.last_success.is_none());
+            let msg = if waiting {
+                format!("branch {:?} not mirrored yet (waiting for the first fetch)", st.branch)
+            } else {
+                format!("branch {:?} not found in the config repository", st.branch)
+            };
+            set_repository_error(&mut st, msg);
+        }
+        Outcome::RepositoryError(e) => set_repository_error(&mut st, e),
+        Outcome::Loaded {
+            revision,
+            result,
+            elapsed,
+        } => {
+            st.repository_error = None;
+            let span = tracing::info_span!("config_reload", commit = %revision.commit);
+            let _enter = span.enter();
+            let load_ms = elapsed.as_millis() as u64;
+            match result {
+                Ok(resources) => {
+                    let count = resources.len();
+                    st.last_attempt = Some(Attempt {
+                        revision: revision.clone(),
+                        valid: true,
+                        errors: Vec::new(),
+                        checked_at: now,
+                        load_ms,
+                        resources: count,
+                    });
+                    st.serving = Some(revision.clone());
+                    st.reloads += 1;
+                    if let Some(m) = metrics {
+                        m.config_serving(&revision.commit);
+                    }
+                    tracing::info!(commit = %revision.commit, resources = count, load_ms, author = %revision.author,
+                        "Serving a new config commit.");
+                    let snapshot = Arc::new(Snapshot { revision, resources });
+                    // Swap after releasing the status lock: a subscriber that
+                    // holds a borrow of the snapshot and asks for the status
+                    // must not wait on us while we wait on its borrow.
+                    drop(st);
+                    shared.snapshot.send_replace(Some(snapshot));
+                }
+                Err(errors) => {
+                    let serving = st.serving.as_ref().map(|r| r.commit.clone());
+                    tracing::warn!(commit = %revision.commit, errors = errors.len(), first = %errors.first().map(ToString::to_string).unwrap_or_default(),
+                        serving = serving.as_deref().unwrap_or("nothing"),
+                        "Refused an invalid config commit; keeping the last valid one.");
+                    for e in &errors {
+                        tracing::debug!(commit = %revision.commit, file = %e.file, key = %e.key, "{}", e.message);
+                    }
+                    st.last_attempt = Some(Attempt {
+                        revision,
+                        valid: false,
+                        errors,
+                        checked_at: now,
+                        load_ms,
+                        resources: 0,
+                    });
+                    st.reload_failures += 1;
+                    if let Some(m) = metrics {
+                        m.config_reload_failed();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn set_repository_error(st: &mut StoreStatus, msg: String) {
+    if st.repository_error.as_deref() != Some(msg.as_str()) {
+        tracing::warn!(url = %st.url, error = %msg, "Cannot read the config repository.");
+    }
+    st.repository_error = Some(msg);
+}
