@@ -52,9 +52,9 @@ pub struct SimConfig {
     pub grpc: String,
     pub collectors: usize,
     pub enrollment_token: String,
-    /// Labels each collector reports at enrollment; `{i}` in a value is
-    /// replaced by the collector's index.
-    pub labels: BTreeMap<String, String>,
+    /// Labels reported at enrollment: collector `i` takes set
+    /// `i % label_sets.len()`; `{i}` in a value becomes the index.
+    pub label_sets: Vec<BTreeMap<String, String>>,
     pub heartbeat: Duration,
     /// Report FAILED (with an error message) for configs containing this.
     pub fail_when_config_contains: Option<String>,
@@ -73,6 +73,8 @@ pub struct AgentStats {
     pub config_hash: Option<String>,
     pub config_body: Option<String>,
     pub received_at: Option<Instant>,
+    /// Remote configs received in all.
+    pub received: u64,
     pub restarts: u64,
     pub errors: u64,
     pub last_error: Option<String>,
@@ -159,8 +161,10 @@ impl Sim {
 }
 
 fn label_values(cfg: &SimConfig, i: usize) -> BTreeMap<String, String> {
-    cfg.labels
-        .iter()
+    let Some(set) = cfg.label_sets.get(i % cfg.label_sets.len().max(1)) else {
+        return BTreeMap::new();
+    };
+    set.iter()
         .map(|(k, v)| (k.clone(), v.replace("{i}", &i.to_string())))
         .collect()
 }
@@ -487,6 +491,7 @@ impl Agent {
                 s.config_hash = Some(hash);
                 s.config_body = Some(body);
                 s.received_at = Some(Instant::now());
+                s.received += 1;
             });
             self.remote = Some(status.clone());
             if applied {

@@ -107,7 +107,7 @@ async fn main_async(args: Args) -> anyhow::Result<()> {
         grpc: args.grpc.clone(),
         collectors: args.collectors,
         enrollment_token: token,
-        labels,
+        label_sets: vec![labels],
         heartbeat: args.heartbeat,
         fail_when_config_contains: None,
         source_addrs: args.source_addrs.clone(),

@@ -21,12 +21,12 @@ use crate::support::{admin, bin, open_store, repo_root, test_config, wait_ready}
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A git work repository driven by the git CLI.
-struct GitRepo {
-    dir: PathBuf,
+pub struct GitRepo {
+    pub dir: PathBuf,
 }
 
 impl GitRepo {
-    fn init(dir: &Path) -> GitRepo {
+    pub fn init(dir: &Path) -> GitRepo {
         std::fs::create_dir_all(dir).unwrap();
         let r = GitRepo { dir: dir.to_path_buf() };
         r.git(&["init", "-q", "-b", "main"]);
@@ -37,18 +37,18 @@ impl GitRepo {
         git_in(&self.dir, args)
     }
 
-    fn write(&self, rel: &str, text: &str) {
+    pub fn write(&self, rel: &str, text: &str) {
         let p = self.dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
 
-    fn read(&self, rel: &str) -> String {
+    pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.dir.join(rel)).unwrap()
     }
 
     /// Commit everything; returns the commit id.
-    fn commit_all(&self, message: &str) -> String {
+    pub fn commit_all(&self, message: &str) -> String {
         self.git(&["add", "-A"]);
         self.git(&["commit", "-q", "--allow-empty", "-m", message]);
         self.head()
@@ -98,7 +98,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A repository holding the example config in its first commit.
-fn example_repo(dir: &Path) -> (GitRepo, String) {
+pub fn example_repo(dir: &Path) -> (GitRepo, String) {
     let repo = GitRepo::init(dir);
     copy_dir(&example_dir(), dir);
     let c = repo.commit_all("Initial fleet config");
@@ -107,7 +107,7 @@ fn example_repo(dir: &Path) -> (GitRepo, String) {
 
 /// Polling is for remote fetches only in these tests; reloads of a local
 /// repository must come from the notify watcher.
-fn store_config(url: &str) -> ConfigStoreConfig {
+pub fn store_config(url: &str) -> ConfigStoreConfig {
     ConfigStoreConfig {
         url: url.to_string(),
         branch: "main".into(),

@@ -7,6 +7,7 @@ mod config;
 mod configstore;
 mod conformance;
 mod durability;
+mod fleet_config;
 mod interop;
 mod protocol;
 mod support;

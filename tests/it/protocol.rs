@@ -71,7 +71,7 @@ fn sim_config(s: &TestServer, transport: SimTransport, n: usize, token: &str) ->
         grpc: s.grpc.clone(),
         collectors: n,
         enrollment_token: token.into(),
-        labels: [("sim".to_string(), "{i}".to_string())].into(),
+        label_sets: vec![[("sim".to_string(), "{i}".to_string())].into()],
         heartbeat: Duration::from_millis(500),
         fail_when_config_contains: None,
         source_addrs: vec![],
