@@ -198,11 +198,10 @@ pub async fn run_with_store(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
         .add_service(grpc_service);
-    let grpc = match &tls {
-        Some(sc) => {
-            let mut sc = (**sc).clone();
-            sc.alpn_protocols = vec![b"h2".to_vec()];
-            let listener = tls::TlsListener::new(listeners.grpc, Arc::new(sc)).map_err(RunError::Serve)?;
+    let grpc = match &config.tls {
+        Some(tls_cfg) => {
+            let sc = tls::collector_server_config(tls_cfg)?;
+            let listener = tls::TlsListener::new(listeners.grpc, sc).map_err(RunError::Serve)?;
             tokio::spawn(grpc_server.serve_with_incoming_shutdown(listener.into_stream(), stopped(stop_rx.clone())))
         }
         None => {

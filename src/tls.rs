@@ -86,14 +86,51 @@ fn mtimes(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
 
 /// Build a rustls server config for `cfg`, and start watching its files.
 pub fn server_config(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server_config(cfg, alpn, None)
+}
+
+/// The collector listener's config: like `server_config`, plus optional
+/// client certificates chaining to `tls.client_ca_file` (mTLS). A client
+/// without a certificate may still connect and present a bearer
+/// credential; one with a certificate that does not verify is refused in
+/// the handshake.
+pub fn collector_server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server_config(cfg, &[b"h2"], cfg.client_ca_file.as_deref())
+}
+
+fn build_server_config(
+    cfg: &TlsConfig,
+    alpn: &[&[u8]],
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let initial = load_certified_key(&cfg.cert_file, &cfg.key_file)?;
     let resolver = Arc::new(ReloadingResolver {
         current: RwLock::new(Arc::new(initial)),
     });
-    let mut sc = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| file_err(ca, e.to_string()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| file_err(ca, format!("not a PEM certificate: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| file_err(ca, format!("unusable CA certificate: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(file_err(ca, "no CA certificate found"));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| file_err(ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut sc = builder.with_cert_resolver(resolver.clone());
     sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let (cert, key) = (cfg.cert_file.clone(), cfg.key_file.clone());
     let weak = Arc::downgrade(&resolver);
@@ -123,6 +160,33 @@ pub fn server_config(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
     });
     Ok(Arc::new(sc))
 }
+
+/// The collector a client certificate names: a SAN URI
+/// `urn:linkmesh:collector:<instance_uid>`, or else a subject CN that is
+/// the instance_uid. The certificate chain was verified in the handshake.
+pub fn collector_id_of(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let from_san = parsed.subject_alternative_name().ok().flatten().and_then(|san| {
+        san.value.general_names.iter().find_map(|n| match n {
+            GeneralName::URI(u) => u.strip_prefix(COLLECTOR_URI_PREFIX).map(str::to_string),
+            _ => None,
+        })
+    });
+    let from_cn = || {
+        parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string)
+    };
+    let id = from_san.or_else(from_cn)?;
+    uuid::Uuid::parse_str(&id).ok().map(|u| u.hyphenated().to_string())
+}
+
+/// SAN URI prefix naming a collector in its client certificate.
+pub const COLLECTOR_URI_PREFIX: &str = "urn:linkmesh:collector:";
 
 /// A TCP listener that hands out finished TLS connections. Handshakes run
 /// in their own tasks so one slow client never holds up the accept loop.

@@ -73,9 +73,13 @@ impl CollectorService for GrpcService {
     type SessionStream = OutStream;
 
     async fn session(&self, req: Request<Streaming<pb::AgentToServer>>) -> Result<Response<OutStream>, Status> {
+        // A verified client certificate (mTLS) names the collector too.
+        let cert_collector = req
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(crate::tls::collector_id_of));
         let auth = self
             .fleet
-            .authenticate(bearer(&req).as_deref())
+            .authenticate_with_cert(bearer(&req).as_deref(), cert_collector)
             .await
             .map_err(|e| status(&e))?;
         let (conn, rx) = self

@@ -9,6 +9,7 @@ mod conformance;
 mod durability;
 mod fleet_config;
 mod interop;
+mod mtls;
 mod protocol;
 mod support;
 mod tls;
