@@ -29,15 +29,7 @@ fn label_sets() -> Vec<BTreeMap<String, String>> {
 }
 
 async fn get(base: &str, token: &str, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(base, token, path).await
 }
 
 async fn preview(base: &str, token: &str, labels: &BTreeMap<String, String>) -> Value {

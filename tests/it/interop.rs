@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use super::support::*;
 
@@ -56,22 +55,13 @@ async fn wait_detail(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let d: Value = a
-            .get(format!("{}/api/v1/collectors/{id}", s.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if pred(&d) {
-            return d;
-        }
-        assert!(Instant::now() < end, "never {what}: {d}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let url = format!("{}/api/v1/collectors/{id}", s.base);
+    poll_json(
+        what,
+        async || a.get(&url).send().await.unwrap().json().await.unwrap(),
+        pred,
+    )
+    .await
 }
 
 struct Killed(Child);

@@ -40,28 +40,12 @@ async fn set_default(base: &str, token: &str, body: &str) {
 }
 
 async fn summary(base: &str, token: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}/api/v1/fleet/summary"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(base, token, "/api/v1/fleet/summary").await
 }
 
 /// Poll the fleet summary until `pred` holds (deadline: 60 s).
 async fn wait_summary(base: &str, token: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = summary(base, token).await;
-        if pred(&s) {
-            return s;
-        }
-        assert!(Instant::now() < end, "fleet summary never matched: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_json("the fleet summary", async || summary(base, token).await, pred).await
 }
 
 fn sim_config(s: &TestServer, transport: SimTransport, n: usize, token: &str) -> SimConfig {
@@ -552,21 +536,10 @@ async fn commands_labels_and_pins_made_on_another_instance_reach_the_collector()
 }
 
 async fn wait_until_detail(base: &str, token: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let d: Value = reqwest::Client::new()
-            .get(format!("{base}/api/v1/collectors/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if pred(&d) {
-            return d;
-        }
-        assert!(Instant::now() < end, "collector detail never matched: {d}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_json(
+        "the collector detail",
+        async || get_json(base, token, &format!("/api/v1/collectors/{id}")).await,
+        pred,
+    )
+    .await
 }

@@ -170,3 +170,30 @@ pub fn bin() -> PathBuf {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Fetch a JSON document with `fetch` until `pred` holds on it; fail naming
+/// `what` (with the last document) after 60 s. Polls, never sleeps blind.
+pub async fn poll_json(what: &str, mut fetch: impl AsyncFnMut() -> Value, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = fetch().await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET base+path` as JSON, with a bearer token.
+pub async fn get_json(base: &str, token: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
