@@ -46,7 +46,7 @@ TOML
 
 echo "== Phase 1: push latency, $n collectors over gRPC"
 start_server "" 1
-"$bin/linkmesh-sim" --api-token "$token" --collectors "$n" --transport grpc --heartbeat 30s \
+"$bin/linkmesh-sim" --server http://127.0.0.1:18080 --grpc http://127.0.0.1:14320 --api-token "$token" --collectors "$n" --transport grpc --heartbeat 30s \
   --push-rounds 5 --server-pid "$server" --label role=bench
 kill "$server"; wait "$server" 2>/dev/null || true
 
@@ -58,7 +58,7 @@ g init -q -b main; g add -A; g commit -qm initial
 start_server "[config_store]
 url = \"$repo\"
 poll_interval = \"1h\"" 2
-"$bin/linkmesh-sim" --api-token "$token" --collectors "$n" --transport grpc --heartbeat 30s \
+"$bin/linkmesh-sim" --server http://127.0.0.1:18080 --grpc http://127.0.0.1:14320 --api-token "$token" --collectors "$n" --transport grpc --heartbeat 30s \
   --push-rounds 0 --hold 600s --label role=app --label env=prod --label os=linux &
 pids+=("$!")
 summary() { curl -sf -H "authorization: Bearer $token" http://127.0.0.1:18080/api/v1/fleet/summary; }
