@@ -67,8 +67,10 @@ pub enum RunError {
     },
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("storage.backend = \"mongodb\" is not available in this build yet; use \"embedded\"")]
-    BackendUnavailable,
+    /// The MongoDB of `[database]` cannot be used (unreachable, not a
+    /// replica set, too old, credentials refused, no `[database]` section).
+    #[error("database.uri: {0}")]
+    Database(StorageError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("bootstrap admin: {0}")]
@@ -92,7 +94,14 @@ pub fn data_dir(config: &Config) -> std::path::PathBuf {
 pub async fn open_store(config: &Config) -> Result<Store, RunError> {
     match config.storage.backend {
         StorageBackend::Embedded => Ok(Store::open_embedded(&config.storage.embedded.path).await?),
-        StorageBackend::Mongodb => Err(RunError::BackendUnavailable),
+        StorageBackend::Mongodb => {
+            let db = config.database.as_ref().ok_or_else(|| {
+                RunError::Database(StorageError::Unavailable(
+                    "[database] is missing (needed by storage.backend = \"mongodb\")".into(),
+                ))
+            })?;
+            Store::open_mongodb(db).await.map_err(RunError::Database)
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use crate::domain::{
     DEFAULT_ASSIGNMENT,
 };
 use crate::proto::opamp_msgs as pb;
-use crate::storage::{Change, Expect, Op, Table, Versioned};
+use crate::storage::{Change, ChangeFeed, Expect, Op, Table, Versioned};
 use crate::telemetry::Metrics;
 use desired::Desired;
 use session::{AgentState, SessionError};
@@ -597,7 +597,7 @@ impl Fleet {
 
     // ---- reacting to changes from any instance ----
 
-    async fn follow_changes(self, mut feed: broadcast::Receiver<Change>) {
+    async fn follow_changes(self, mut feed: ChangeFeed) {
         loop {
             match feed.recv().await {
                 Ok(change) => self.on_change(change).await,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Expect, Op, RawDoc, Scan, StorageError, Table};
+use super::{check, Op, RawDoc, Scan, StorageError, Table};
 
 pub(super) struct EmbeddedBackend {
     db: Arc<Database>,
@@ -156,24 +156,6 @@ impl EmbeddedBackend {
             Ok(())
         })
         .await
-    }
-}
-
-fn check(table: Table, key: &str, expect: Expect, current: Option<u64>) -> Result<(), StorageError> {
-    let ok = match expect {
-        Expect::Any => true,
-        Expect::Absent => current.is_none(),
-        Expect::Present => current.is_some(),
-        Expect::Version(v) => current == Some(v),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(StorageError::Conflict {
-            table,
-            key: key.to_string(),
-            current,
-        })
     }
 }
 

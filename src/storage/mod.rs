@@ -1,5 +1,5 @@
 //! Storage: the `Store` facade over the private backends (embedded redb,
-//! MongoDB later). Records are versioned JSON documents in named tables.
+//! MongoDB replica set). Records are versioned JSON documents in named tables.
 //!
 //! Writes go through `Store::commit`: a batch of operations, each with a
 //! precondition on the version it read (`Expect`), applied all-or-nothing.
@@ -7,11 +7,18 @@
 //! optimistic concurrency (a stale precondition is a `Conflict`), and maps
 //! onto redb write transactions and MongoDB session transactions alike.
 //!
+//! Committed changes reach every instance through the change feed
+//! (`Store::subscribe`): the embedded backend publishes them in `commit`
+//! (one process is the only writer); the MongoDB backend publishes what its
+//! change stream reports, so a change made by another instance arrives the
+//! same way as one made here, and exactly once.
+//!
 //! This module knows nothing of users, tokens or collectors: the rules live
 //! in `crate::domain`; the record types are declared there.
 
 pub mod conformance;
 mod embedded;
+mod mongo;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::config::DatabaseConfig;
 use crate::telemetry::Metrics;
 
 /// The tables (MongoDB: collections) of the store.
@@ -216,17 +224,60 @@ pub enum StorageError {
     Encode(String),
     #[error("injected failure (test fault point)")]
     Injected,
+    /// The database cannot be used (unreachable, not a replica set, too
+    /// old, refused our credentials).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("storage backend error: {0}")]
     Backend(String),
 }
 
 enum Backend {
     Embedded(embedded::EmbeddedBackend),
+    Mongo(mongo::MongoBackend),
+}
+
+/// What travels on the change feed's channel.
+#[derive(Debug, Clone)]
+enum FeedEvent {
+    Change(Change),
+    /// Changes may have been missed (the MongoDB change stream lost its
+    /// history and was restarted): subscribers must re-read from the store.
+    Resync,
+}
+
+/// A subscription to the change feed (`Store::subscribe`).
+///
+/// `recv` returns `Err(RecvError::Lagged(n))` when changes were missed and
+/// the subscriber must re-read what it cares about from the store: either it
+/// fell more than the buffer behind (n = how many it missed), or the MongoDB
+/// change stream could not be resumed and was restarted (n = 0: unknown).
+/// One error kind for both, because the remedy is the same.
+pub struct ChangeFeed {
+    rx: broadcast::Receiver<FeedEvent>,
+}
+
+impl ChangeFeed {
+    /// The next committed change.
+    pub async fn recv(&mut self) -> Result<Change, broadcast::error::RecvError> {
+        match self.rx.recv().await? {
+            FeedEvent::Change(c) => Ok(c),
+            FeedEvent::Resync => Err(broadcast::error::RecvError::Lagged(0)),
+        }
+    }
+
+    /// The next committed change if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Change, broadcast::error::TryRecvError> {
+        match self.rx.try_recv()? {
+            FeedEvent::Change(c) => Ok(c),
+            FeedEvent::Resync => Err(broadcast::error::TryRecvError::Lagged(0)),
+        }
+    }
 }
 
 struct Inner {
     backend: Backend,
-    changes: broadcast::Sender<Change>,
+    changes: broadcast::Sender<FeedEvent>,
     /// Test fault point: fail the next commit after this many ops (0 = off).
     fail_after: AtomicUsize,
     metrics: Option<Arc<Metrics>>,
@@ -251,11 +302,21 @@ impl Store {
         let backend = tokio::task::spawn_blocking(move || embedded::EmbeddedBackend::open(&path))
             .await
             .map_err(|e| StorageError::Backend(e.to_string()))??;
-        Ok(Store::from_backend(Backend::Embedded(backend)))
+        let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        Ok(Store::from_backend(Backend::Embedded(backend), changes))
     }
 
-    fn from_backend(backend: Backend) -> Store {
+    /// Connect to the MongoDB replica set of `[database]`: refuse a server
+    /// that is not a replica set, create the collections, and start following
+    /// its change stream before returning (so a subscriber sees every change
+    /// committed after `open_mongodb` returned, by any instance).
+    pub async fn open_mongodb(config: &DatabaseConfig) -> Result<Store, StorageError> {
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        let backend = mongo::MongoBackend::open(config, changes.clone()).await?;
+        Ok(Store::from_backend(Backend::Mongo(backend), changes))
+    }
+
+    fn from_backend(backend: Backend, changes: broadcast::Sender<FeedEvent>) -> Store {
         Store {
             inner: Arc::new(Inner {
                 backend,
@@ -277,6 +338,7 @@ impl Store {
     pub fn backend_name(&self) -> &'static str {
         match self.inner.backend {
             Backend::Embedded(_) => "embedded",
+            Backend::Mongo(_) => "mongodb",
         }
     }
 
@@ -285,6 +347,7 @@ impl Store {
         let start = Instant::now();
         let raw = match &self.inner.backend {
             Backend::Embedded(b) => b.get(T::TABLE, key).await?,
+            Backend::Mongo(b) => b.get(T::TABLE, key).await?,
         };
         self.observe("get", start);
         raw.map(|raw| decode::<T>(key.to_string(), raw)).transpose()
@@ -295,53 +358,66 @@ impl Store {
         let start = Instant::now();
         let rows = match &self.inner.backend {
             Backend::Embedded(b) => b.scan(T::TABLE, scan).await?,
+            Backend::Mongo(b) => b.scan(T::TABLE, scan).await?,
         };
         self.observe("scan", start);
         rows.into_iter().map(|(k, raw)| decode::<T>(k, raw)).collect()
     }
 
     /// Apply all `ops` atomically, or none of them. On success, returns the
-    /// new version of each op's record (0 for deletes and checks) and
-    /// publishes the changes on the change feed.
+    /// new version of each op's record (0 for deletes and checks); the
+    /// changes reach the change feed (embedded: published here; MongoDB:
+    /// through the change stream, like changes made by other instances).
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<u64>, StorageError> {
         let start = Instant::now();
         let fail_after = match self.inner.fail_after.swap(0, Ordering::SeqCst) {
             0 => None,
             n => Some(n),
         };
-        let changes: Vec<(Table, String, bool)> = ops
-            .iter()
-            .filter(|op| !matches!(op, Op::Check { .. }))
-            .map(|op| {
-                let (t, k, _) = op.target();
-                (t, k.to_string(), matches!(op, Op::Put { .. }))
-            })
-            .collect();
         let versions = match &self.inner.backend {
-            Backend::Embedded(b) => b.commit(ops.clone(), fail_after).await?,
+            Backend::Embedded(b) => {
+                let versions = b.commit(ops.clone(), fail_after).await?;
+                self.publish(&ops, &versions);
+                versions
+            }
+            // Not published here: the change stream reports it, once.
+            Backend::Mongo(b) => b.commit(&ops, fail_after).await?,
         };
         self.observe("commit", start);
-        let mut written = versions
-            .iter()
-            .zip(ops.iter())
-            .filter(|(_, op)| !matches!(op, Op::Check { .. }));
-        for (table, key, is_put) in changes {
-            let version = written.next().map(|(v, _)| *v).filter(|_| is_put);
-            // No receiver is fine: nobody is interested yet.
-            let _ = self.inner.changes.send(Change { table, key, version });
-        }
         Ok(versions)
     }
 
+    /// Publish the changes of a successful commit (embedded backend only).
+    fn publish(&self, ops: &[Op], versions: &[u64]) {
+        for (op, version) in ops.iter().zip(versions) {
+            let (table, key, _) = op.target();
+            let version = match op {
+                Op::Put { .. } => Some(*version),
+                Op::Delete { .. } => None,
+                Op::Check { .. } => continue,
+            };
+            let change = Change {
+                table,
+                key: key.to_string(),
+                version,
+            };
+            // No receiver is fine: nobody is interested yet.
+            let _ = self.inner.changes.send(FeedEvent::Change(change));
+        }
+    }
+
     /// Subscribe to changes committed after this call.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.inner.changes.subscribe()
+    pub fn subscribe(&self) -> ChangeFeed {
+        ChangeFeed {
+            rx: self.inner.changes.subscribe(),
+        }
     }
 
     /// Whether the store answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StorageError> {
         match &self.inner.backend {
             Backend::Embedded(b) => b.ping().await,
+            Backend::Mongo(b) => b.ping().await,
         }
     }
 
@@ -357,6 +433,26 @@ impl Store {
         if let Some(m) = &self.inner.metrics {
             m.observe_storage(op, start.elapsed());
         }
+    }
+}
+
+/// Whether `expect` holds for a record at `current` (None = absent); the
+/// `Conflict` names the current version. Shared by the backends.
+fn check(table: Table, key: &str, expect: Expect, current: Option<u64>) -> Result<(), StorageError> {
+    let ok = match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Present => current.is_some(),
+        Expect::Version(v) => current == Some(v),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::Conflict {
+            table,
+            key: key.to_string(),
+            current,
+        })
     }
 }
 
@@ -380,4 +476,28 @@ fn decode<T: Record>(key: String, raw: RawDoc) -> Result<Versioned<T>, StorageEr
         version: raw.version,
         value,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_resync_reaches_subscribers_as_lagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
+        let mut feed = store.subscribe();
+        let change = Change {
+            table: Table::Users,
+            key: "u".into(),
+            version: Some(1),
+        };
+        store.inner.changes.send(FeedEvent::Change(change.clone())).unwrap();
+        store.inner.changes.send(FeedEvent::Resync).unwrap();
+        assert_eq!(feed.recv().await.unwrap(), change);
+        assert!(matches!(feed.recv().await, Err(broadcast::error::RecvError::Lagged(0))));
+        assert!(matches!(feed.try_recv(), Err(broadcast::error::TryRecvError::Empty)));
+    }
 }
