@@ -252,6 +252,7 @@ pub async fn run_with_store(
         }
     };
     sweeper.abort();
+    fleet.shutdown().await;
     if let Some(cs) = &config_store {
         cs.stop();
     }

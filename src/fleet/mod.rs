@@ -131,6 +131,8 @@ struct Inner {
     writer: StatusWriter,
     started_at: Timestamp,
     config_store: Option<ConfigStoreHandle>,
+    /// Background tasks (change feed, sweeper, presence), ended by `shutdown`.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Renders of the served snapshot by label set: collectors sharing
     /// labels share one render. Cleared when the snapshot changes.
     renders: Mutex<RenderCache>,
@@ -160,6 +162,7 @@ impl Fleet {
         let snapshots = config_store.as_ref().map(|c| c.subscribe());
         let inner = Arc::new(Inner {
             config_store,
+            tasks: Mutex::new(Vec::new()),
             renders: Mutex::new(RenderCache::default()),
             writer: StatusWriter::start(domain.store().clone()),
             started_at: domain.clock().now(),
@@ -171,12 +174,15 @@ impl Fleet {
             default: RwLock::new(None),
         });
         let fleet = Fleet { inner };
-        tokio::spawn(fleet.clone().follow_changes(feed));
-        tokio::spawn(fleet.clone().sweep());
-        tokio::spawn(fleet.clone().heartbeat_presence());
+        let mut tasks = vec![
+            tokio::spawn(fleet.clone().follow_changes(feed)),
+            tokio::spawn(fleet.clone().sweep()),
+            tokio::spawn(fleet.clone().heartbeat_presence()),
+        ];
         if let Some(rx) = snapshots {
-            tokio::spawn(fleet.clone().follow_snapshots(rx));
+            tasks.push(tokio::spawn(fleet.clone().follow_snapshots(rx)));
         }
+        *fleet.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         fleet
     }
 
@@ -451,6 +457,33 @@ impl Fleet {
             status.last_seen = Some(now);
             writer.put(status);
         });
+    }
+
+    /// Graceful stop: every collector held here is stored as disconnected
+    /// and this instance's presence row is removed, so other instances show
+    /// the truth at once while the collectors reconnect through them.
+    pub async fn shutdown(&self) {
+        for task in self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+        let entries: Vec<Entry> = self.sessions().drain().map(|(_, e)| e).collect();
+        let now = self.inner.domain.clock().now();
+        for entry in &entries {
+            let mut status = entry.ctx.lock().await.agent.status.clone();
+            status.connected = false;
+            status.last_seen = Some(now);
+            self.inner.writer.put(status);
+        }
+        self.inner.metrics.connected_collectors.set(0);
+        self.inner.writer.flush(self.inner.domain.store()).await;
+        let gone = Op::delete::<ServerInstance>(&self.inner.settings.instance, Expect::Any);
+        if let Err(e) = self.inner.domain.store().commit(vec![gone]).await {
+            tracing::warn!(error = %e, "Could not remove this instance's presence row.");
+        }
+        tracing::info!(
+            collectors = entries.len(),
+            "Marked this instance's collectors disconnected."
+        );
     }
 
     /// Sessions held by this instance.

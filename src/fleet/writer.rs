@@ -53,6 +53,18 @@ impl StatusWriter {
         w
     }
 
+    /// Write whatever is pending now, on the caller's task (shutdown: the
+    /// background task may be cancelled with the runtime).
+    pub async fn flush(&self, store: &Store) {
+        let batch: Vec<CollectorStatus> = match self.inner.pending.lock() {
+            Ok(mut p) => p.drain().map(|(_, s)| s).collect(),
+            Err(_) => return,
+        };
+        for chunk in batch.chunks(BATCH) {
+            write_chunk(store, chunk.to_vec()).await;
+        }
+    }
+
     pub fn put(&self, status: CollectorStatus) {
         if let Ok(mut p) = self.inner.pending.lock() {
             p.insert(status.collector_id.clone(), status);

@@ -543,3 +543,40 @@ async fn wait_until_detail(base: &str, token: &str, id: &str, pred: impl Fn(&Val
     )
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_instance_hands_its_collectors_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let mut ca = test_config(dir.path());
+    ca.server.instance_name = Some("a".into());
+    let mut cb = test_config(dir.path());
+    cb.server.instance_name = Some("b".into());
+    let a = start(store.clone(), ca).await;
+    let b = start(store.clone(), cb).await;
+    let admin_b = admin(&b.base).await;
+    let token = api_token(&b.base, &admin_b).await;
+    let (_, enroll) = enrollment_token(&b.base, &admin_b, json!({"name":"x"})).await;
+    let sim = Sim::start(sim_config(&a, SimTransport::Grpc, 3, &enroll))
+        .await
+        .unwrap();
+    wait_summary(&b.base, &token, |v| v["connected"] == 3 && v["instances"]["a"] == 3).await;
+    // Graceful stop: once `run` returns, the store already says so (no
+    // waiting for a's presence to go stale).
+    a.stop().await;
+    assert!(
+        store
+            .get::<linkmesh::domain::ServerInstance>("a")
+            .await
+            .unwrap()
+            .is_none(),
+        "a's presence row is still there"
+    );
+    for s in sim.stats() {
+        let st = store.get::<CollectorStatus>(&s.collector_id).await.unwrap().unwrap();
+        assert!(!st.value.connected, "{} still stored as connected", s.collector_id);
+    }
+    assert_eq!(summary(&b.base, &token).await["connected"], 0);
+    sim.stop();
+    b.stop().await;
+}
