@@ -93,7 +93,10 @@ pub fn data_dir(config: &Config) -> std::path::PathBuf {
 /// Open the store the config names.
 pub async fn open_store(config: &Config) -> Result<Store, RunError> {
     match config.storage.backend {
-        StorageBackend::Embedded => Ok(Store::open_embedded(&config.storage.embedded.path).await?),
+        StorageBackend::Embedded => {
+            let e = &config.storage.embedded;
+            Ok(Store::open_embedded_with_cache(&e.path, e.cache_size).await?)
+        }
         StorageBackend::Mongodb => {
             let db = config.database.as_ref().ok_or_else(|| {
                 RunError::Database(StorageError::Unavailable(

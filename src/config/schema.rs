@@ -150,12 +150,20 @@ pub struct EmbeddedConfig {
     /// The redb file; its directory is created if missing.
     #[serde(default = "default_embedded_path")]
     pub path: PathBuf,
+    /// Page cache in bytes (memory the store may keep for reads).
+    #[serde(default = "default_embedded_cache")]
+    pub cache_size: usize,
+}
+
+fn default_embedded_cache() -> usize {
+    crate::storage::DEFAULT_EMBEDDED_CACHE
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         EmbeddedConfig {
             path: default_embedded_path(),
+            cache_size: default_embedded_cache(),
         }
     }
 }

@@ -26,17 +26,20 @@ fn backend_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl EmbeddedBackend {
-    pub(super) fn open(path: &Path) -> Result<Self, StorageError> {
+    pub(super) fn open(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StorageError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
-                path: path.display().to_string(),
-            },
-            other => StorageError::Backend(format!("cannot open {}: {other}", path.display())),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
+                    path: path.display().to_string(),
+                },
+                other => StorageError::Backend(format!("cannot open {}: {other}", path.display())),
+            })?;
         // Create every table up front so readers never meet a missing one.
         let txn = db.begin_write().map_err(backend_err)?;
         for t in Table::ALL {

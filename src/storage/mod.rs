@@ -294,12 +294,21 @@ pub struct Store {
 /// behind gets `Lagged` and must resynchronise from the store.
 const CHANGE_FEED_CAPACITY: usize = 16 * 1024;
 
+/// Page cache of the embedded store unless configured.
+pub const DEFAULT_EMBEDDED_CACHE: usize = 64 * 1024 * 1024;
+
 impl Store {
     /// Open (or create) the embedded store at `path`, holding an exclusive
     /// lock on the file for the life of the returned store.
     pub async fn open_embedded(path: &Path) -> Result<Store, StorageError> {
+        Store::open_embedded_with_cache(path, DEFAULT_EMBEDDED_CACHE).await
+    }
+
+    /// `open_embedded` with a page cache of `cache_bytes` (redb's own default
+    /// is 1 GiB, far more than the control plane's data needs).
+    pub async fn open_embedded_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StorageError> {
         let path = path.to_path_buf();
-        let backend = tokio::task::spawn_blocking(move || embedded::EmbeddedBackend::open(&path))
+        let backend = tokio::task::spawn_blocking(move || embedded::EmbeddedBackend::open(&path, cache_bytes))
             .await
             .map_err(|e| StorageError::Backend(e.to_string()))??;
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
