@@ -2,6 +2,7 @@
 //! wire and `crate::fleet`. gRPC has its own listener; OpAMP over HTTP and
 //! WebSocket share `/v1/opamp` on the web listener.
 
+pub mod codec;
 pub mod grpc;
 pub mod opamp_http;
 pub mod opamp_ws;
