@@ -128,7 +128,22 @@ fn validate(dir: &std::path::Path, render: &[String]) -> ExitCode {
     }
 }
 
+/// Two malloc arenas instead of glibc's 8 per core: with the default, memory
+/// freed after each fleet-wide push stayed fragmented across per-thread
+/// arenas (server RSS grew ~9 KiB per collector per push with 2,000
+/// simulated collectors; ~2 KiB with two arenas, levelling off). Must run
+/// before any thread starts. (mimalloc was tried: higher RSS throughout.)
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn serve(path: PathBuf) -> ExitCode {
+    limit_malloc_arenas();
     let config = match linkmesh::config::load_file(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -136,7 +151,14 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The blocking pool runs store calls and password hashing; bounded so a
+    // burst (thousands of collectors connecting) cannot start hundreds of
+    // threads. 32 keep the store busy on a 2-8 core machine.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(32)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -185,6 +185,9 @@ async fn main_async(args: Args) -> anyhow::Result<()> {
                         args.collectors,
                         start.elapsed()
                     );
+                    if let Some(pid) = args.server_pid {
+                        println!("push {round}: server RSS {} MiB", rss_kib(pid).unwrap_or(0) / 1024);
+                    }
                     break;
                 }
                 if Instant::now() > deadline {
