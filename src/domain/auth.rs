@@ -139,6 +139,9 @@ impl Domain {
             return Err(unauth());
         }
         let user = self.active_user(&s.value.username).await.map_err(|_| unauth())?;
+        if user.sessions_valid_after.is_some_and(|t| s.value.created_at <= t) {
+            return Err(unauth());
+        }
         Ok(Actor::User {
             name: user.username,
             role: user.role,

@@ -195,6 +195,10 @@ pub struct User {
     pub disabled: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Login sessions started before this are void (set when the password
+    /// changes: a leaked session does not survive a password reset).
+    #[serde(default)]
+    pub sessions_valid_after: Option<Timestamp>,
 }
 impl Record for User {
     const TABLE: Table = Table::Users;

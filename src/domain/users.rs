@@ -146,6 +146,7 @@ impl Domain {
             disabled: false,
             created_at: now,
             updated_at: now,
+            sessions_valid_after: None,
         };
         let ops = vec![
             Op::put(&user.username, &user, Expect::Absent)?,
@@ -247,6 +248,7 @@ impl Domain {
         if let Some(pw) = upd.password {
             validate_password(&pw)?;
             user.password_hash = hash_password(pw).await?;
+            user.sessions_valid_after = Some(self.clock.now());
             changed.push("password");
         }
         user.updated_at = self.clock.now();

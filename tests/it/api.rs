@@ -275,18 +275,30 @@ async fn roles_are_enforced_on_every_area() {
         .unwrap();
     let r = viewer
         .patch(format!("{b}/api/v1/users/vera"))
+        .json(&json!({"role":"admin","version":me["version"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "no self-promotion");
+    let r = viewer
+        .patch(format!("{b}/api/v1/users/vera"))
         .json(&json!({"password":"a-brand-new-password","version":me["version"]}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = viewer
-        .patch(format!("{b}/api/v1/users/vera"))
-        .json(&json!({"role":"admin","version":2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403, "no self-promotion");
+    // A password change ends the sessions started before it (this one too);
+    // the new password logs in; other users' sessions are untouched.
+    assert_eq!(
+        viewer.get(format!("{b}/api/v1/auth/me")).send().await.unwrap().status(),
+        401
+    );
+    let again = login(b, "vera", "a-brand-new-password").await;
+    assert_eq!(
+        again.get(format!("{b}/api/v1/auth/me")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(a.get(format!("{b}/api/v1/auth/me")).send().await.unwrap().status(), 200);
     s.stop().await;
 }
 

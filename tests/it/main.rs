@@ -12,4 +12,5 @@ mod interop;
 mod mtls;
 mod protocol;
 mod support;
+mod telemetry;
 mod tls;
