@@ -297,15 +297,20 @@ impl Fleet {
             presented: id.clone(),
             expected: "a UUID collector id".into(),
         }))?;
-        let pinned = self.assignment(&id).await?.is_some();
-        let mut ctx = Ctx {
+        let collector = auth.collector.value;
+        // One read of the pinned config both marks the session pinned and,
+        // when there is one, is its desired config (connect is a hot path).
+        let (pinned, desired) = match self.assignment(&id).await? {
+            Some(a) => (true, Some(Arc::new(Desired::from((&a.value, "assignment"))))),
+            None => (false, self.resolve_for(&collector, false).await?),
+        };
+        let ctx = Ctx {
             agent,
-            collector: auth.collector.value,
+            collector,
             pinned,
-            desired: None,
+            desired,
             commands_pending: true,
         };
-        ctx.desired = self.resolve(&ctx).await?;
         let epoch = self.inner.next_epoch.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
             epoch,
@@ -546,12 +551,18 @@ impl Fleet {
     /// Where a collector's config comes from, in order: a config pinned to
     /// it, the config store for its labels, the fleet default.
     async fn resolve(&self, ctx: &Ctx) -> Result<Option<Arc<Desired>>, DomainError> {
-        if ctx.pinned {
-            if let Some(a) = self.assignment(&ctx.collector.id).await? {
+        self.resolve_for(&ctx.collector, ctx.pinned).await
+    }
+
+    /// The order itself; `pinned` says whether a pinned config may exist
+    /// (sessions know, saving a store read when none does).
+    async fn resolve_for(&self, collector: &Collector, pinned: bool) -> Result<Option<Arc<Desired>>, DomainError> {
+        if pinned {
+            if let Some(a) = self.assignment(&collector.id).await? {
                 return Ok(Some(Arc::new(Desired::from((&a.value, "assignment")))));
             }
         }
-        if let Some(d) = self.rendered(&ctx.collector.labels) {
+        if let Some(d) = self.rendered(&collector.labels) {
             return Ok(Some(d));
         }
         self.default_desired().await
@@ -560,13 +571,7 @@ impl Fleet {
     /// The desired config of any collector (for the API), wherever it is
     /// connected.
     pub async fn desired_for(&self, collector: &Collector) -> Result<Option<Arc<Desired>>, DomainError> {
-        if let Some(a) = self.assignment(&collector.id).await? {
-            return Ok(Some(Arc::new(Desired::from((&a.value, "assignment")))));
-        }
-        if let Some(d) = self.rendered(&collector.labels) {
-            return Ok(Some(d));
-        }
-        self.default_desired().await
+        self.resolve_for(collector, true).await
     }
 
     /// A new valid commit is served: re-resolve every session; only those

@@ -7,13 +7,6 @@ use serde_json::{json, Value};
 
 use super::support::*;
 
-async fn pair(dir: &std::path::Path) -> (TestServer, TestServer) {
-    let store = open_store(dir).await;
-    let a = start(store.clone(), test_config(dir)).await;
-    let b = start(store, test_config(dir)).await;
-    (a, b)
-}
-
 fn statuses(rs: &[u16]) -> (usize, usize) {
     (
         rs.iter().filter(|s| **s == 200).count(),

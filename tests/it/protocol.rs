@@ -427,13 +427,7 @@ async fn opamp_http_handles_gzip_and_refuses_oversized_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commands_labels_and_pins_made_on_another_instance_reach_the_collector() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path()).await;
-    let mut ca = test_config(dir.path());
-    ca.server.instance_name = Some("a".into());
-    let mut cb = test_config(dir.path());
-    cb.server.instance_name = Some("b".into());
-    let a = start(store.clone(), ca).await;
-    let b = start(store, cb).await;
+    let (a, b) = pair(dir.path()).await;
     let admin_b = admin(&b.base).await;
     let token_b = api_token(&b.base, &admin_b).await;
     let (_, enroll) = enrollment_token(&b.base, &admin_b, json!({"name":"x"})).await;
@@ -547,13 +541,8 @@ async fn wait_until_detail(base: &str, token: &str, id: &str, pred: impl Fn(&Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopping_instance_hands_its_collectors_back_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path()).await;
-    let mut ca = test_config(dir.path());
-    ca.server.instance_name = Some("a".into());
-    let mut cb = test_config(dir.path());
-    cb.server.instance_name = Some("b".into());
-    let a = start(store.clone(), ca).await;
-    let b = start(store.clone(), cb).await;
+    let (a, b) = pair(dir.path()).await;
+    let store = b.store.clone();
     let admin_b = admin(&b.base).await;
     let token = api_token(&b.base, &admin_b).await;
     let (_, enroll) = enrollment_token(&b.base, &admin_b, json!({"name":"x"})).await;

@@ -88,6 +88,19 @@ pub async fn start_with_clock(store: Store, config: Config, clock: Arc<dyn Clock
     server
 }
 
+/// Two instances, `a` and `b`, sharing one fresh store in `dir` (the shape
+/// of an HA pair).
+pub async fn pair(dir: &Path) -> (TestServer, TestServer) {
+    let store = open_store(dir).await;
+    let mut ca = test_config(dir);
+    ca.server.instance_name = Some("a".into());
+    let mut cb = test_config(dir);
+    cb.server.instance_name = Some("b".into());
+    let a = start(store.clone(), ca).await;
+    let b = start(store, cb).await;
+    (a, b)
+}
+
 /// A fresh store in `dir` and one instance on it.
 pub async fn start_fresh(dir: &Path) -> TestServer {
     start(open_store(dir).await, test_config(dir)).await
