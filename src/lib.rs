@@ -175,9 +175,16 @@ pub async fn run_with_store(
         cookie_secure: config.cookie_secure(),
         session_ttl: config.auth.session_ttl,
         config_store: config_store.clone(),
+        limits: api::ratelimit::Limits {
+            login: api::ratelimit::RateLimiter::per_minute(config.auth.login_attempts_per_minute),
+            enroll: api::ratelimit::RateLimiter::per_minute(config.auth.enroll_attempts_per_minute),
+            trusted_proxies: config.server.trusted_proxies.clone().into(),
+        },
         openapi_json: Default::default(),
     });
-    let app = api::router(state, config.server.max_request_bytes);
+    // Connect info: rate limits count per client address.
+    let app = api::router(state, config.server.max_request_bytes)
+        .into_make_service_with_connect_info::<api::ratelimit::Peer>();
 
     // One stop signal for both servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

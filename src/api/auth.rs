@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::extract::{cookie_value, ApiJson, Auth, SESSION_COOKIE};
+use super::ratelimit::ClientAddr;
 use super::AppState;
 use crate::clock::Timestamp;
 use crate::domain::Role;
@@ -42,10 +43,19 @@ pub struct Me {
     pub expires_at: Option<Timestamp>,
 }
 
-/// Log in: sets the HttpOnly, SameSite=Strict session cookie.
+/// Log in: sets the HttpOnly, SameSite=Strict session cookie. Attempts are
+/// limited per client address (`auth.login_attempts_per_minute`).
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = Me), (status = 401, body = Problem)))]
-async fn login(State(s): State<Arc<AppState>>, ApiJson(req): ApiJson<LoginRequest>) -> Result<Response, ApiError> {
+    responses((status = 200, body = Me), (status = 401, body = Problem),
+        (status = 429, body = Problem, description = "Too many attempts; see `Retry-After`", headers(("Retry-After" = u64, description = "Seconds to wait")))))]
+async fn login(
+    State(s): State<Arc<AppState>>,
+    client: ClientAddr,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    if let Err(limited) = s.limits.login.check(client) {
+        return Ok(limited.into_response());
+    }
     let r = s.domain.login(&req.username, &req.password).await?;
     let max_age = s.session_ttl.as_secs();
     let secure = if s.cookie_secure { "; Secure" } else { "" };

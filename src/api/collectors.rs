@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, Auth, IfMatch};
+use super::ratelimit::ClientAddr;
 use super::AppState;
 use crate::domain::{EnrollRequest, Enrolled, RotatedCredential};
 
@@ -25,12 +27,17 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 /// (shown once). 401 for an unknown token, 403 for an expired, revoked or
 /// used-up one, 409 when the instance_uid is already enrolled.
 #[utoipa::path(post, path = "/api/v1/enroll", tag = "collectors", request_body = EnrollRequest,
-    responses((status = 201, body = Enrolled), (status = 401, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = Enrolled), (status = 401, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem),
+        (status = 429, body = Problem, description = "Too many attempts; see `Retry-After`", headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 async fn enroll(
     State(s): State<Arc<AppState>>,
+    client: ClientAddr,
     ApiJson(req): ApiJson<EnrollRequest>,
-) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
-    Ok((StatusCode::CREATED, Json(s.domain.enroll(req).await?)))
+) -> Result<Response, ApiError> {
+    if let Err(limited) = s.limits.enroll.check(client) {
+        return Ok(limited.into_response());
+    }
+    Ok((StatusCode::CREATED, Json(s.domain.enroll(req).await?)).into_response())
 }
 
 /// Deregister a collector (editor): the collector, its credentials, status

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 mod fleet;
 mod health;
+pub mod ratelimit;
 mod tokens;
 mod users;
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub session_ttl: Duration,
     /// The fleet config store, when `[config_store]` is set.
     pub config_store: Option<ConfigStoreHandle>,
+    /// Login and enrollment rate limits, and whose `X-Forwarded-For` counts.
+    pub limits: ratelimit::Limits,
     /// Filled by `router()`; start with `Default::default()`.
     pub openapi_json: OnceLock<String>,
 }

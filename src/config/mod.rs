@@ -6,10 +6,12 @@
 //! `crate::run` turns into a running server.
 
 mod load;
+mod net;
 mod schema;
 mod secret;
 mod validate;
 
 pub use load::{load_file, load_str, ConfigError, ConfigErrors};
+pub use net::{canonical_ip, IpNet};
 pub use schema::*;
 pub use secret::Secret;

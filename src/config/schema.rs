@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Secret;
+use super::{IpNet, Secret};
 
 /// The whole server config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -83,6 +83,12 @@ pub struct ServerConfig {
     /// Largest accepted request body, in bytes.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Load balancers / reverse proxies (addresses or CIDR blocks) whose
+    /// `X-Forwarded-For` header names the client. Empty (the default): the
+    /// header is ignored and the TCP peer is the client, so nobody can pick
+    /// the address that rate limits count against.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +101,7 @@ impl Default for ServerConfig {
             shutdown_grace: default_shutdown_grace(),
             allow_insecure_http: false,
             max_request_bytes: default_max_request_bytes(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -247,6 +254,14 @@ pub struct AuthConfig {
     /// Lifetime of an enrollment token created without an explicit expiry.
     #[serde(default = "default_enrollment_token_ttl", with = "humantime_serde")]
     pub enrollment_token_ttl: Duration,
+    /// Login attempts per client address and minute (also the burst);
+    /// more get 429 with `Retry-After`.
+    #[serde(default = "default_login_attempts_per_minute")]
+    pub login_attempts_per_minute: u32,
+    /// `POST /api/v1/enroll` requests per client address and minute (also
+    /// the burst); more get 429 with `Retry-After`.
+    #[serde(default = "default_enroll_attempts_per_minute")]
+    pub enroll_attempts_per_minute: u32,
 }
 
 impl Default for AuthConfig {
@@ -259,6 +274,8 @@ impl Default for AuthConfig {
             cookie_secure: None,
             api_token_ttl: default_api_token_ttl(),
             enrollment_token_ttl: default_enrollment_token_ttl(),
+            login_attempts_per_minute: default_login_attempts_per_minute(),
+            enroll_attempts_per_minute: default_enroll_attempts_per_minute(),
         }
     }
 }
@@ -274,6 +291,12 @@ fn default_api_token_ttl() -> Duration {
 }
 fn default_enrollment_token_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn default_login_attempts_per_minute() -> u32 {
+    20
+}
+fn default_enroll_attempts_per_minute() -> u32 {
+    60
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

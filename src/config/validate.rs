@@ -25,6 +25,14 @@ pub(super) fn resolve_and_validate(config: &mut Config, errors: &mut Vec<ConfigE
             ));
         }
     }
+    for (key, n) in [
+        ("auth.login_attempts_per_minute", config.auth.login_attempts_per_minute),
+        ("auth.enroll_attempts_per_minute", config.auth.enroll_attempts_per_minute),
+    ] {
+        if n == 0 {
+            errors.push(ConfigError::new(key, "must be at least 1"));
+        }
+    }
     if config.auth.bootstrap_admin_username.trim().is_empty() {
         errors.push(ConfigError::new("auth.bootstrap_admin_username", "must not be empty"));
     }

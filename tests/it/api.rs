@@ -686,3 +686,58 @@ async fn lists_paginate_with_cursors() {
     assert!(none["items"].as_array().unwrap().is_empty());
     s.stop().await;
 }
+
+/// Password guessing from one address is cut off with 429 and a usable
+/// `Retry-After`; other addresses (as a trusted proxy reports them) still
+/// log in, and a client cannot pick its own address through the header.
+#[tokio::test]
+async fn login_and_enrollment_are_rate_limited_per_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.auth.login_attempts_per_minute = 3;
+    config.auth.enroll_attempts_per_minute = 2;
+    config.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let s = start(open_store(dir.path()).await, config).await;
+    let client = reqwest::Client::new();
+    let attempt = |from: &'static str, password: &'static str| {
+        client
+            .post(format!("{}/api/v1/auth/login", s.base))
+            .header("x-forwarded-for", from)
+            .json(&json!({ "username": "admin", "password": password }))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("198.51.100.1", "guess").await.unwrap().status(), 401);
+    }
+    // The right password does not help once the address is over its limit.
+    let r = attempt("198.51.100.1", ADMIN_PASSWORD).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "Retry-After {retry}");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:linkmesh:problem:rate-limited");
+    assert!(problem["detail"].as_str().unwrap().contains("retry in"), "{problem}");
+    // A header the client wrote itself, left of the proxy's entry, is ignored.
+    let spoofed = attempt("203.0.113.50, 198.51.100.1", ADMIN_PASSWORD).await.unwrap();
+    assert_eq!(spoofed.status(), 429);
+    // Another client behind the same proxy is unaffected.
+    assert_eq!(attempt("198.51.100.2", ADMIN_PASSWORD).await.unwrap().status(), 200);
+
+    // Enrollment has its own budget.
+    let enroll_from = |from: &'static str| {
+        client
+            .post(format!("{}/api/v1/enroll", s.base))
+            .header("x-forwarded-for", from)
+            .json(&json!({ "token": "lme_00000000000000000000000000000000_nope", "name": "c" }))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(enroll_from("198.51.100.1").await.unwrap().status(), 401);
+    }
+    let r = enroll_from("198.51.100.1").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(enroll_from("198.51.100.3").await.unwrap().status(), 401);
+    s.stop().await;
+}
