@@ -242,7 +242,10 @@ mod tests {
     fn forwarded_for_counts_only_behind_a_trusted_proxy() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.9, 203.0.113.5, 10.1.2.3"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.9, 203.0.113.5, 10.1.2.3"),
+        );
         // From the proxy: the last untrusted hop, not what the client wrote first.
         let via_proxy = ClientAddr::resolve(Some("10.0.0.2".parse().unwrap()), &h, &trusted);
         assert_eq!(via_proxy, addr("203.0.113.5"));

@@ -27,7 +27,10 @@ pub(super) fn resolve_and_validate(config: &mut Config, errors: &mut Vec<ConfigE
     }
     for (key, n) in [
         ("auth.login_attempts_per_minute", config.auth.login_attempts_per_minute),
-        ("auth.enroll_attempts_per_minute", config.auth.enroll_attempts_per_minute),
+        (
+            "auth.enroll_attempts_per_minute",
+            config.auth.enroll_attempts_per_minute,
+        ),
     ] {
         if n == 0 {
             errors.push(ConfigError::new(key, "must be at least 1"));
