@@ -1,6 +1,7 @@
-//! The one error type at the HTTP boundary: every failure becomes an RFC 7807
-//! `application/problem+json` body. Internal details (storage errors) are
-//! logged, never sent.
+//! The one error type at the boundary: every failure becomes an RFC 7807
+//! `application/problem+json` body over HTTP (REST and OpAMP) and a
+//! `tonic::Status` over gRPC, from the same mapping. Internal details
+//! (storage errors) are logged, never sent — to users or to collectors.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, StatusCode};
@@ -9,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::DomainError;
+use crate::fleet::FleetError;
 use crate::storage::StorageError;
 
 /// RFC 7807 problem details.
@@ -83,6 +85,42 @@ impl From<DomainError> for ApiError {
             DomainError::Refused(_) => ApiError::new(StatusCode::FORBIDDEN, "refused", detail),
             DomainError::Storage(e) => e.into(),
         }
+    }
+}
+
+/// What collectors are told. A domain `NotFound` while authenticating a
+/// collector is a refusal (403), not a missing resource.
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::Domain(DomainError::NotFound { .. }) => {
+                ApiError::new(StatusCode::FORBIDDEN, "refused", e.to_string())
+            }
+            FleetError::Domain(d) => d.into(),
+            FleetError::Session(s) => ApiError::new(StatusCode::FORBIDDEN, "wrong-instance", s.to_string()),
+            FleetError::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "session-closed", e.to_string()),
+        }
+    }
+}
+
+/// The same refusal over gRPC: the code follows the HTTP status, the
+/// message is the problem's detail.
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        use tonic::Code;
+        let code = match (e.status, e.slug) {
+            (StatusCode::UNAUTHORIZED, _) => Code::Unauthenticated,
+            (StatusCode::FORBIDDEN, _) => Code::PermissionDenied,
+            (StatusCode::NOT_FOUND, _) => Code::NotFound,
+            (StatusCode::CONFLICT, "already-exists") => Code::AlreadyExists,
+            (StatusCode::CONFLICT, _) => Code::Aborted,
+            (StatusCode::SERVICE_UNAVAILABLE, _) => Code::Unavailable,
+            (StatusCode::TOO_MANY_REQUESTS, _) => Code::ResourceExhausted,
+            (StatusCode::PAYLOAD_TOO_LARGE, _) => Code::ResourceExhausted,
+            (s, _) if s.is_client_error() => Code::InvalidArgument,
+            _ => Code::Internal,
+        };
+        tonic::Status::new(code, e.detail)
     }
 }
 

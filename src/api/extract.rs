@@ -14,6 +14,7 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::Actor;
+use crate::transport::bearer_token;
 
 /// Name of the UI session cookie.
 pub const SESSION_COOKIE: &str = "linkmesh_session";
@@ -61,12 +62,6 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             "log in, or send an API token as `Authorization: Bearer <token>`",
         ))
     }
-}
-
-pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -47,7 +47,7 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Json<Health> {
 /// config store is configured, a valid config commit is loaded.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
-    let mut reason = match tokio::time::timeout(Duration::from_secs(2), s.domain.store().ping()).await {
+    let mut reason = match tokio::time::timeout(Duration::from_secs(2), s.domain.ping()).await {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("store: {e}")),
         Err(_) => Some("store: no answer within 2 s".into()),

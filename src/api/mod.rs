@@ -98,10 +98,10 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(canvas::routes())
         .merge(fleet::routes())
         .merge(configstore::routes())
-        .routes(routes!(
-            crate::transport::opamp_http::post,
-            crate::transport::opamp_ws::upgrade
-        ))
+        .merge(crate::transport::routes(crate::transport::OpampState {
+            fleet: state.fleet.clone(),
+            max_request_bytes: state.max_request_bytes,
+        }))
         .routes(routes!(openapi_json))
         .split_for_parts();
     let json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());

@@ -174,6 +174,11 @@ impl Domain {
         &self.clock
     }
 
+    /// Whether the store answers (readiness probes ask this, not the store).
+    pub async fn ping(&self) -> Result<(), DomainError> {
+        Ok(self.store.ping().await?)
+    }
+
     /// The audit event of a mutation, to put in the same commit.
     fn audit_op(
         &self,

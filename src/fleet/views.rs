@@ -158,21 +158,19 @@ impl Fleet {
             return false;
         }
         if s.instance == self.instance() {
-            return self.sessions().contains_key(&s.collector_id);
+            return self.inner.sessions.contains(&s.collector_id);
         }
         alive.get(&s.instance).copied().unwrap_or(false)
     }
 
     fn summarize(&self, c: &Versioned<Collector>, l: &Loaded) -> FleetCollector {
         let s = l.statuses.get(&c.key);
-        // Same order as the push path: pinned, config store, default.
-        let rendered = if l.pinned.contains_key(&c.key) {
-            None
-        } else {
-            self.rendered(&c.value.labels)
-        };
-        let desired = l.pinned.get(&c.key).or(rendered.as_ref()).or(l.default.as_ref());
-        let (config_status, config_error) = config_of(s, desired.map(|d| d.as_ref()));
+        // The push path's resolver, on what was read in bulk.
+        let desired = self
+            .inner
+            .resolver
+            .pick(l.pinned.get(&c.key).cloned(), &c.value.labels, l.default.clone());
+        let (config_status, config_error) = config_of(s, desired.as_deref());
         FleetCollector {
             id: c.value.id.clone(),
             name: c.value.name.clone(),
@@ -290,11 +288,9 @@ impl Fleet {
     /// Use the in-memory status of sessions held here (fresher than the
     /// store while a write is pending).
     async fn overlay_live(&self, l: &mut Loaded) {
-        let held: Vec<String> = self.sessions().keys().cloned().collect();
-        for id in held {
-            if let Some((s, _)) = self.live_status(&id).await {
-                l.statuses.insert(id, s);
-            }
+        for (id, ctx, _) in self.inner.sessions.all() {
+            let status = ctx.lock().await.agent.status.clone();
+            l.statuses.insert(id, status);
         }
     }
 }

@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Refusal;
+use crate::api::error::ApiError;
 use crate::domain::EnrollRequest;
 use crate::fleet::session::uid_string;
 use crate::fleet::{Fleet, FleetError, Transport};
@@ -25,20 +25,12 @@ pub fn service(fleet: Fleet, max_message_bytes: usize) -> CollectorServiceServer
     CollectorServiceServer::new(GrpcService { fleet }).max_decoding_message_size(max_message_bytes)
 }
 
-fn status(e: &FleetError) -> Status {
-    match Refusal::from(e) {
-        Refusal::Unauthenticated(m) => Status::unauthenticated(m),
-        Refusal::Forbidden(m) => Status::permission_denied(m),
-        Refusal::BadRequest(m) => Status::invalid_argument(m),
-        Refusal::Conflict(m) => Status::already_exists(m),
-        Refusal::Unavailable(m) => Status::unavailable(m),
-    }
+fn status(e: FleetError) -> Status {
+    ApiError::from(e).into()
 }
 
-fn bearer<T>(req: &Request<T>) -> Option<String> {
-    let v = req.metadata().get("authorization")?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+fn bearer<T>(req: &Request<T>) -> Option<&str> {
+    super::bearer(req.metadata().get("authorization")?.to_str().ok()?)
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ServerToAgent, Status>> + Send>>;
@@ -59,7 +51,7 @@ impl CollectorService for GrpcService {
                 labels: r.labels.into_iter().collect(),
             })
             .await
-            .map_err(|e| status(&FleetError::Domain(e)))?;
+            .map_err(|e| status(FleetError::Domain(e)))?;
         let uid = uuid::Uuid::parse_str(&enrolled.collector_id)
             .map(|u| u.as_bytes().to_vec())
             .unwrap_or_default();
@@ -79,14 +71,10 @@ impl CollectorService for GrpcService {
             .and_then(|certs| certs.first().and_then(crate::tls::collector_id_of));
         let auth = self
             .fleet
-            .authenticate_with_cert(bearer(&req).as_deref(), cert_collector)
+            .authenticate_with_cert(bearer(&req), cert_collector)
             .await
-            .map_err(|e| status(&e))?;
-        let (conn, rx) = self
-            .fleet
-            .open_stream(auth, Transport::Grpc)
-            .await
-            .map_err(|e| status(&e))?;
+            .map_err(status)?;
+        let (conn, rx) = self.fleet.open_stream(auth, Transport::Grpc).await.map_err(status)?;
         let mut inbound = req.into_inner();
         let fleet = self.fleet.clone();
         let conn = Arc::new(conn);

@@ -3,9 +3,6 @@
 //! gzip-compressed; the response is compressed only when the agent accepts
 //! it.
 
-use std::io::Read;
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -13,24 +10,15 @@ use axum::response::{IntoResponse, Response};
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use prost::Message;
+use std::io::Read;
 
-use super::Refusal;
-use crate::api::extract::bearer_token;
-use crate::api::AppState;
+use super::{bearer_token, OpampState};
+use crate::api::error::ApiError;
 use crate::proto::opamp_msgs as pb;
 
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 /// Responses smaller than this are not worth compressing.
 const GZIP_MIN: usize = 1024;
-
-fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        msg.into(),
-    )
-        .into_response()
-}
 
 /// The body, decompressed if needed, never larger than `limit`.
 fn decode_body(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Vec<u8>, (StatusCode, String)> {
@@ -82,14 +70,14 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
     params(("Authorization" = String, Header, description = "Bearer <collector credential>")),
     responses((status = 200, content_type = "application/x-protobuf", body = Vec<u8>, description = "opamp.proto.ServerToAgent"),
         (status = 401, description = "unknown or revoked credential"), (status = 413, description = "body too large")))]
-pub async fn post(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn post(State(s): State<OpampState>, headers: HeaderMap, body: Bytes) -> Response {
     let raw = match decode_body(&headers, &body, s.max_request_bytes) {
         Ok(raw) => raw,
-        Err((status, msg)) => return plain(status, msg),
+        Err((status, msg)) => return ApiError::new(status, "invalid-body", msg).into_response(),
     };
     let msg = match pb::AgentToServer::decode(raw.as_slice()) {
         Ok(m) => m,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("not an AgentToServer message: {e}")),
+        Err(e) => return ApiError::bad_request(format!("not an AgentToServer message: {e}")).into_response(),
     };
     let result = match s.fleet.authenticate(bearer_token(&headers)).await {
         Ok(auth) => s.fleet.handle_poll(auth, msg).await,
@@ -97,15 +85,7 @@ pub async fn post(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Byte
     };
     let reply = match result {
         Ok(r) => r,
-        Err(e) => {
-            return match Refusal::from(&e) {
-                Refusal::Unauthenticated(m) => plain(StatusCode::UNAUTHORIZED, m),
-                Refusal::Forbidden(m) => plain(StatusCode::FORBIDDEN, m),
-                Refusal::BadRequest(m) => plain(StatusCode::BAD_REQUEST, m),
-                Refusal::Conflict(m) => plain(StatusCode::CONFLICT, m),
-                Refusal::Unavailable(m) => plain(StatusCode::SERVICE_UNAVAILABLE, m),
-            }
-        }
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let encoded = reply.encode_to_vec();
     if encoded.len() >= GZIP_MIN && accepts_gzip(&headers) {

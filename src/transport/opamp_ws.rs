@@ -1,16 +1,14 @@
 //! OpAMP over WebSocket (`GET /v1/opamp` with an upgrade): binary frames,
 //! each a varint header (0) followed by a protobuf message, both ways.
 
-use std::sync::Arc;
-
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use prost::Message;
 
-use crate::api::extract::bearer_token;
-use crate::api::AppState;
+use super::{bearer_token, OpampState};
+use crate::api::error::ApiError;
 use crate::fleet::{Authenticated, Fleet, Transport};
 use crate::proto::opamp_msgs as pb;
 
@@ -19,10 +17,10 @@ use crate::proto::opamp_msgs as pb;
     params(("Authorization" = String, Header, description = "Bearer <collector credential>")),
     responses((status = 101, description = "WebSocket upgrade; frames are a varint header 0 + opamp.proto messages"),
         (status = 401, description = "unknown or revoked credential")))]
-pub async fn upgrade(State(s): State<Arc<AppState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(State(s): State<OpampState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     let auth = match s.fleet.authenticate(bearer_token(&headers)).await {
         Ok(a) => a,
-        Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let fleet = s.fleet.clone();
     ws.max_message_size(s.max_request_bytes)

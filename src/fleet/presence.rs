@@ -1,0 +1,73 @@
+//! Liveness and presence: sessions silent past the liveness timeout are
+//! closed, and this instance's presence row (refreshed every few seconds,
+//! removed on a graceful stop) tells every instance whether the holder of a
+//! collector's session is alive.
+//!
+//! It must not touch collector status directly (closing a session marks it
+//! disconnected, `registry`).
+
+use std::time::Duration;
+
+use super::registry::Entry;
+use super::Fleet;
+use crate::domain::ServerInstance;
+use crate::storage::{Expect, Op};
+
+/// Instances refresh their presence this often; a row older than
+/// `PRESENCE_STALE` means the instance is gone.
+const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+pub const PRESENCE_STALE: Duration = Duration::from_secs(20);
+
+impl Fleet {
+    pub(super) async fn sweep(self) {
+        let timeout = self.inner.settings.liveness_timeout;
+        let mut tick = tokio::time::interval((timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            let expired: Vec<Entry> = {
+                let mut sessions = self.inner.sessions.lock();
+                let ids: Vec<String> = sessions
+                    .iter()
+                    .filter(|(_, e)| e.last_seen.elapsed() > timeout)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                ids.iter().filter_map(|id| sessions.remove(id)).collect()
+            };
+            for entry in expired {
+                tracing::info!(
+                    transport = entry.transport.name(),
+                    "A collector went silent past the liveness timeout; marked disconnected."
+                );
+                self.disconnected(entry);
+            }
+        }
+    }
+
+    pub(super) async fn heartbeat_presence(self) {
+        let mut tick = tokio::time::interval(PRESENCE_EVERY);
+        loop {
+            tick.tick().await;
+            let row = ServerInstance {
+                name: self.inner.settings.instance.clone(),
+                started_at: self.inner.started_at,
+                heartbeat_at: self.inner.domain.clock().now(),
+                connected_collectors: self.connected_count() as u64,
+            };
+            let op = match Op::put(&row.name, &row, Expect::Any) {
+                Ok(op) => op,
+                Err(_) => continue,
+            };
+            if let Err(e) = self.inner.domain.store().commit(vec![op]).await {
+                tracing::warn!(error = %e, "Could not refresh this instance's presence.");
+            }
+        }
+    }
+
+    /// Remove this instance's presence row (graceful stop).
+    pub(super) async fn remove_presence(&self) {
+        let gone = Op::delete::<ServerInstance>(&self.inner.settings.instance, Expect::Any);
+        if let Err(e) = self.inner.domain.store().commit(vec![gone]).await {
+            tracing::warn!(error = %e, "Could not remove this instance's presence row.");
+        }
+    }
+}

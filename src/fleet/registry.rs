@@ -1,0 +1,225 @@
+//! The sessions this instance holds: one entry per collector, replaced by a
+//! newer connection, removed on close, timeout or kick. Opening a session
+//! marks the collector connected; removing one marks it disconnected.
+//!
+//! It must not interpret OpAMP messages (`messages`, `session`) nor decide
+//! what a collector's config is (`resolve`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::auth::Authenticated;
+use super::desired::Desired;
+use super::session::{AgentState, SessionError};
+use super::{Fleet, FleetError, Transport};
+use crate::domain::{Collector, CollectorStatus, DomainError};
+use crate::proto::opamp_msgs as pb;
+
+/// Handle of one open session, held by its transport.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub collector_id: String,
+    pub(super) epoch: u64,
+}
+
+/// Pushes to a streaming session: bounded, so a collector that stops
+/// reading cannot grow server memory; what does not fit is re-offered when
+/// the collector next reports.
+const PUSH_QUEUE: usize = 16;
+
+pub(super) struct Ctx {
+    pub agent: AgentState,
+    pub collector: Collector,
+    /// Whether a config is pinned to this collector (saves a store read per
+    /// session when the fleet default changes).
+    pub pinned: bool,
+    pub desired: Option<Arc<Desired>>,
+    pub commands_pending: bool,
+}
+
+/// A session's state, locked per message (async: processing may read the
+/// store while holding it).
+pub(super) type SharedCtx = Arc<tokio::sync::Mutex<Ctx>>;
+/// The push side of a streaming session (`None` for HTTP polling).
+pub(super) type Push = Option<mpsc::Sender<pb::ServerToAgent>>;
+
+pub(super) struct Entry {
+    pub epoch: u64,
+    pub transport: Transport,
+    pub credential_id: String,
+    pub push: Push,
+    pub ctx: SharedCtx,
+    pub last_seen: Instant,
+}
+
+/// The session map.
+#[derive(Default)]
+pub(super) struct Registry {
+    // std Mutex: every critical section is a map lookup, insert or remove;
+    // the per-session state has its own async mutex.
+    map: Mutex<HashMap<String, Entry>>,
+    next_epoch: AtomicU64,
+}
+
+impl Registry {
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding this lock leaves a consistent map (every
+        // section is a single insert/remove), so recover from poisoning.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_epoch(&self) -> u64 {
+        // Epochs start at 1; only uniqueness matters.
+        self.next_epoch.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn get(&self, id: &str) -> Option<(SharedCtx, Push)> {
+        self.lock().get(id).map(|e| (e.ctx.clone(), e.push.clone()))
+    }
+
+    /// Every session's state and push side.
+    pub fn all(&self) -> Vec<(String, SharedCtx, Push)> {
+        self.lock()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.ctx.clone(), e.push.clone()))
+            .collect()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn drain(&self) -> Vec<Entry> {
+        self.lock().drain().map(|(_, e)| e).collect()
+    }
+}
+
+impl Fleet {
+    /// Open a streaming session (gRPC, WebSocket). The receiver carries
+    /// everything the server sends; it ends when the session is closed or
+    /// replaced.
+    pub async fn open_stream(
+        &self,
+        auth: Authenticated,
+        transport: Transport,
+    ) -> Result<(Conn, mpsc::Receiver<pb::ServerToAgent>), FleetError> {
+        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+        let conn = self.open(auth, transport, Some(tx)).await?;
+        Ok((conn, rx))
+    }
+
+    pub(super) async fn open(&self, auth: Authenticated, transport: Transport, push: Push) -> Result<Conn, FleetError> {
+        let id = auth.collector.key.clone();
+        let stored = self
+            .inner
+            .domain
+            .store()
+            .get::<CollectorStatus>(&id)
+            .await
+            .map_err(DomainError::from)?;
+        let mut status = stored.map(|s| s.value).unwrap_or_default();
+        let now = self.inner.domain.clock().now();
+        status.collector_id = id.clone();
+        status.connected = true;
+        status.instance = self.inner.settings.instance.clone();
+        status.transport = transport.name().into();
+        status.connected_at = Some(now);
+        status.last_seen = Some(now);
+        let agent = AgentState::new(&id, status.clone()).ok_or(FleetError::Session(SessionError::WrongInstance {
+            presented: id.clone(),
+            expected: "a UUID collector id".into(),
+        }))?;
+        let collector = auth.collector.value;
+        // One read of the pinned config both marks the session pinned and,
+        // when there is one, is its desired config (connect is a hot path).
+        let pinned = self.inner.resolver.pinned(&id).await?;
+        let desired = self
+            .inner
+            .resolver
+            .resolve_known(&collector, Some(pinned.clone()))
+            .await?;
+        let ctx = Ctx {
+            agent,
+            collector,
+            pinned: pinned.is_some(),
+            desired,
+            commands_pending: true,
+        };
+        let epoch = self.inner.sessions.next_epoch();
+        let entry = Entry {
+            epoch,
+            transport,
+            credential_id: auth.credential_id,
+            push,
+            ctx: Arc::new(tokio::sync::Mutex::new(ctx)),
+            last_seen: Instant::now(),
+        };
+        let replaced = self.inner.sessions.lock().insert(id.clone(), entry);
+        if replaced.is_some() {
+            tracing::info!(collector_id = %id, transport = transport.name(), "A new connection replaced the collector's previous one.");
+        } else {
+            self.inner.metrics.connected_collectors.inc();
+        }
+        self.inner.writer.put(status);
+        Ok(Conn {
+            collector_id: id,
+            epoch,
+        })
+    }
+
+    /// End a session (the transport closed, or the agent said goodbye).
+    pub fn close(&self, conn: &Conn) {
+        let removed = {
+            let mut sessions = self.inner.sessions.lock();
+            match sessions.get(&conn.collector_id) {
+                Some(e) if e.epoch == conn.epoch => sessions.remove(&conn.collector_id),
+                _ => None,
+            }
+        };
+        if let Some(entry) = removed {
+            self.disconnected(entry);
+        }
+    }
+
+    /// Close a session from the server side.
+    pub(super) fn kick(&self, collector_id: &str, why: &str) {
+        let removed = self.inner.sessions.lock().remove(collector_id);
+        if let Some(entry) = removed {
+            tracing::info!(collector_id, why, "Closed a collector session.");
+            self.disconnected(entry);
+        }
+    }
+
+    pub(super) fn disconnected(&self, entry: Entry) {
+        self.inner.metrics.connected_collectors.dec();
+        let writer = self.inner.writer.clone();
+        let now = self.inner.domain.clock().now();
+        tokio::spawn(async move {
+            let mut status = entry.ctx.lock().await.agent.status.clone();
+            status.connected = false;
+            status.last_seen = Some(now);
+            writer.put(status);
+        });
+    }
+
+    /// Sessions held by this instance.
+    pub fn connected_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// The in-memory status of a collector whose session this instance holds
+    /// (fresher than the stored one: it has the latest `last_seen`).
+    pub async fn live_status(&self, collector_id: &str) -> Option<(CollectorStatus, Option<Arc<Desired>>)> {
+        let (ctx, _) = self.inner.sessions.get(collector_id)?;
+        let ctx = ctx.lock().await;
+        Some((ctx.agent.status.clone(), ctx.desired.clone()))
+    }
+}
