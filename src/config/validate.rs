@@ -88,6 +88,15 @@ pub(super) fn resolve_and_validate(config: &mut Config, errors: &mut Vec<ConfigE
         if cs.poll_interval.is_zero() {
             errors.push(ConfigError::new("config_store.poll_interval", "must be greater than 0"));
         }
+        if let Some(f) = &cs.collector_validator {
+            check_file("config_store.collector_validator", f, errors);
+        }
+        if cs.collector_validator_timeout.is_zero() {
+            errors.push(ConfigError::new(
+                "config_store.collector_validator_timeout",
+                "must be greater than 0",
+            ));
+        }
     }
 
     if config.fleet.liveness_timeout < std::time::Duration::from_secs(1) {

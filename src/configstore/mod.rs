@@ -8,7 +8,8 @@
 //! Layers, one concern each: `schema` (resource types), `parse` (files ->
 //! resources, with file + key path errors), `catalogue` (known collector
 //! components), `selector` (label selectors), `validate` (whole-commit
-//! rules), `render` + `yaml` (deterministic collector YAML), `git` (gix: read
+//! rules), `collector` (every distinct render checked by a real collector
+//! binary, when configured), `render` + `yaml` (deterministic collector YAML), `git` (gix: read
 //! a commit, fetch a mirror), `watch` (notify on a local repository),
 //! `store` (the running store: reload loop, status, snapshot swap).
 //!
@@ -17,6 +18,7 @@
 //! Docs for users: docs/config-store.md.
 
 mod catalogue;
+mod collector;
 mod git;
 mod parse;
 mod render;
@@ -37,6 +39,7 @@ use utoipa::ToSchema;
 use crate::clock::Timestamp;
 
 pub use catalogue::{Spec as CatalogueSpec, CATALOGUE};
+pub use collector::{distinct_renders, CheckFailure, CollectorValidator, RenderTarget, Verdict};
 pub use git::check_url;
 pub use parse::{files_from_dir, SourceFile};
 pub use render::Rendered;

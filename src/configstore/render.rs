@@ -38,7 +38,12 @@ pub struct Rendered {
 /// Render for a collector with `labels` from `res` at `commit`.
 pub fn render(res: &Resources, commit: &str, labels: &BTreeMap<String, String>) -> Rendered {
     let (routes, pipelines) = select(res, labels);
+    assemble(res, commit, routes, pipelines)
+}
 
+/// The config made of these pipelines (in this order), attributed to
+/// `routes`.
+pub(super) fn assemble(res: &Resources, commit: &str, routes: Vec<String>, pipelines: Vec<String>) -> Rendered {
     let mut sections: BTreeMap<Kind, BTreeMap<String, Value>> = BTreeMap::new();
     let mut service_pipelines = BTreeMap::new();
     for name in &pipelines {

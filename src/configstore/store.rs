@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
+use super::collector::CollectorValidator;
 use super::git::{self, Credentials, Location};
 use super::{load_files, ConfigStoreError, Resources, Revision, Snapshot, ValidationError};
 use crate::clock::{Clock, SystemClock, Timestamp};
@@ -116,6 +117,9 @@ struct Shared {
     interrupt: AtomicBool,
     source: Source,
     options: StoreOptions,
+    /// `config_store.collector_validator`: checks every distinct render of
+    /// a commit that passed our own rules.
+    validator: Option<CollectorValidator>,
 }
 
 /// What the loop reads from.
@@ -217,6 +221,10 @@ impl ConfigStoreHandle {
             interrupt: AtomicBool::new(false),
             source,
             options,
+            validator: cfg.collector_validator.as_ref().map(|binary| CollectorValidator {
+                binary: binary.clone(),
+                timeout: cfg.collector_validator_timeout,
+            }),
         });
 
         // Serve what is there now: the local branch, or what the mirror kept
@@ -317,10 +325,32 @@ async fn check(shared: &Arc<Shared>, fetch: bool) {
         .map(|a| a.revision.commit.clone());
     let s = shared.clone();
     let joined = tokio::task::spawn_blocking(move || look(&s, fetch, last)).await;
-    let (fetched, outcome) = match joined {
+    let (fetched, mut outcome) = match joined {
         Ok(r) => r,
         Err(e) => (None, Outcome::RepositoryError(format!("config store task failed: {e}"))),
     };
+    if let (
+        Some(validator),
+        Outcome::Loaded {
+            revision,
+            result: result @ Ok(_),
+            elapsed,
+        },
+    ) = (&shared.validator, &mut outcome)
+    {
+        // After our own rules pass (a commit they refuse is not worth a
+        // collector run). Child processes, awaited: no runtime thread blocks.
+        let start = Instant::now();
+        if let Ok(resources) = result {
+            let verdict = validator.check_commit(resources, &revision.commit).await;
+            tracing::debug!(commit = %revision.commit, renders = verdict.checked, refused = verdict.errors.len(),
+                "Checked the commit's renders with the collector.");
+            if !verdict.errors.is_empty() {
+                *result = Err(verdict.errors);
+            }
+        }
+        *elapsed += start.elapsed();
+    }
     apply(shared, fetched, outcome);
 }
 

@@ -114,15 +114,17 @@ pub fn store_config(url: &str) -> ConfigStoreConfig {
         dir: None,
         poll_interval: Duration::from_secs(3600),
         credentials_file: None,
+        collector_validator: None,
+        collector_validator_timeout: Duration::from_secs(10),
     }
 }
 
-fn served(store: &ConfigStoreHandle) -> Option<String> {
+pub fn served(store: &ConfigStoreHandle) -> Option<String> {
     store.current().map(|s| s.revision.commit.clone())
 }
 
 /// Wait for the next snapshot swap (event-driven, with a deadline).
-async fn next_snapshot(rx: &mut tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>) -> Arc<Snapshot> {
+pub async fn next_snapshot(rx: &mut tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>) -> Arc<Snapshot> {
     tokio::time::timeout(DEADLINE, rx.changed())
         .await
         .expect("no snapshot swap before the deadline")
@@ -131,7 +133,7 @@ async fn next_snapshot(rx: &mut tokio::sync::watch::Receiver<Option<Arc<Snapshot
 }
 
 /// Poll the store's status until `f` holds.
-async fn status_until(store: &ConfigStoreHandle, what: &str, f: impl Fn(&StoreStatus) -> bool) -> StoreStatus {
+pub async fn status_until(store: &ConfigStoreHandle, what: &str, f: impl Fn(&StoreStatus) -> bool) -> StoreStatus {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let st = store.status();
@@ -146,7 +148,7 @@ async fn status_until(store: &ConfigStoreHandle, what: &str, f: impl Fn(&StoreSt
     }
 }
 
-fn attempted(st: &StoreStatus, commit: &str) -> bool {
+pub fn attempted(st: &StoreStatus, commit: &str) -> bool {
     st.last_attempt.as_ref().is_some_and(|a| a.revision.commit == commit)
 }
 

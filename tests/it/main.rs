@@ -4,6 +4,7 @@
 mod api;
 mod concurrency;
 mod config;
+mod config_safety;
 mod configstore;
 mod conformance;
 mod durability;
