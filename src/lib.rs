@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StorageBackend};
-use crate::domain::{AuthSettings, Domain};
+use crate::domain::{AuthSettings, CredentialPolicy, Domain};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::storage::{StorageError, Store};
 use crate::telemetry::Metrics;
@@ -136,7 +136,11 @@ pub async fn run_with_store(
         api_token_ttl: config.auth.api_token_ttl,
         enrollment_token_ttl: config.auth.enrollment_token_ttl,
     };
-    let domain = Domain::new(store, clock.clone(), instance.clone(), settings);
+    let domain =
+        Domain::new(store, clock.clone(), instance.clone(), settings).with_credential_policy(CredentialPolicy {
+            require_own_credential: config.auth.require_collector_credentials,
+            rotation_overlap: config.auth.credential_rotation_overlap,
+        });
 
     if let Some(pw) = &config.auth.bootstrap_admin_password {
         let name = &config.auth.bootstrap_admin_username;

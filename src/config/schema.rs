@@ -273,6 +273,17 @@ pub struct AuthConfig {
     /// the burst); more get 429 with `Retry-After`.
     #[serde(default = "default_enroll_attempts_per_minute")]
     pub enroll_attempts_per_minute: u32,
+    /// Every enrollment token requires agents to switch to a credential of
+    /// their own (as the token flag `require_own_credential` does): agents
+    /// that cannot accept OpAMP connection settings are refused on first
+    /// contact and enroll through `POST /api/v1/enroll` instead.
+    #[serde(default)]
+    pub require_collector_credentials: bool,
+    /// How long a collector credential replaced over OpAMP connection
+    /// settings stays valid when the agent does not reconnect with the new
+    /// one.
+    #[serde(default = "default_credential_rotation_overlap", with = "humantime_serde")]
+    pub credential_rotation_overlap: Duration,
 }
 
 impl Default for AuthConfig {
@@ -287,6 +298,8 @@ impl Default for AuthConfig {
             enrollment_token_ttl: default_enrollment_token_ttl(),
             login_attempts_per_minute: default_login_attempts_per_minute(),
             enroll_attempts_per_minute: default_enroll_attempts_per_minute(),
+            require_collector_credentials: false,
+            credential_rotation_overlap: default_credential_rotation_overlap(),
         }
     }
 }
@@ -308,6 +321,9 @@ fn default_login_attempts_per_minute() -> u32 {
 }
 fn default_enroll_attempts_per_minute() -> u32 {
     60
+}
+fn default_credential_rotation_overlap() -> Duration {
+    Duration::from_secs(3600)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

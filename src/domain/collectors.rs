@@ -1,25 +1,15 @@
-//! Collectors: listing, the credential a collector authenticates with, its
-//! rotation, and the deregistration cascade.
+//! Collectors: their view, labels, commands, pinned configs and the
+//! deregistration cascade. Credentials live in `credentials`.
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::secrets::{self, SecretKind};
 use super::{
     conflict_as, Actor, Collector, CollectorCredential, CollectorStatus, Command, ConfigAssignment, Domain,
     DomainError, PendingCommands, Role,
 };
 use crate::clock::Timestamp;
 use crate::storage::{Expect, Op, StorageError, Versioned};
-
-/// A new credential, shown once.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct RotatedCredential {
-    pub collector_id: String,
-    pub credential: String,
-    /// Version of the collector record after the rotation.
-    pub version: u64,
-}
 
 /// A collector as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -46,95 +36,6 @@ impl CollectorView {
 }
 
 impl Domain {
-    /// Check a collector's bearer credential; returns the collector. Refusals
-    /// are audited (an unknown credential hammering the endpoint shows up).
-    pub async fn authenticate_collector(&self, token: &str) -> Result<Versioned<Collector>, DomainError> {
-        let unauth = || DomainError::Unauthenticated("unknown or revoked collector credential".into());
-        let Some((id, random)) = secrets::parse(SecretKind::Collector, token) else {
-            return Err(unauth());
-        };
-        let refused = |why: &'static str| async move {
-            self.audit_only(
-                &Actor::System,
-                "collector.authenticate",
-                &format!("credential:{id}"),
-                why,
-                serde_json::Value::Null,
-            )
-            .await;
-            Err(unauth())
-        };
-        let Some(cred) = self.store.get::<CollectorCredential>(id).await? else {
-            return refused("refused: unknown credential").await;
-        };
-        if !secrets::verify(random, &cred.value.secret_hash) {
-            return refused("refused: bad secret").await;
-        }
-        if cred.value.revoked_at.is_some() {
-            return refused("refused: revoked credential").await;
-        }
-        match self.store.get::<Collector>(&cred.value.collector_id).await? {
-            Some(c) => Ok(c),
-            None => refused("refused: collector deregistered").await,
-        }
-    }
-
-    /// Issue a new credential and revoke the old ones, atomically. The
-    /// collector record is rewritten too (its credential list changes), so
-    /// a concurrent cascade or rotation conflicts instead of missing a child.
-    pub async fn rotate_credential(&self, actor: &Actor, collector_id: &str) -> Result<RotatedCredential, DomainError> {
-        match actor {
-            Actor::Collector { id } if id == collector_id => {}
-            _ => actor.require(Role::Editor)?,
-        }
-        let Some(cur) = self.store.get::<Collector>(collector_id).await? else {
-            return Err(DomainError::NotFound {
-                what: "collector",
-                id: collector_id.into(),
-            });
-        };
-        let now = self.clock.now();
-        let new = secrets::generate(SecretKind::Collector);
-        let mut ops = Vec::new();
-        let mut collector = cur.value.clone();
-        // Old credentials are revoked now and purged from the list: the
-        // record stays (revoked) so a presented old secret is recognised as
-        // rotated away in the audit log, and the cascade still deletes it.
-        for old_id in &cur.value.credential_ids {
-            if let Some(old) = self.store.get::<CollectorCredential>(old_id).await? {
-                if old.value.revoked_at.is_none() {
-                    let mut revoked = old.value.clone();
-                    revoked.revoked_at = Some(now);
-                    ops.push(Op::put(old_id, &revoked, Expect::Version(old.version))?);
-                }
-            }
-        }
-        collector.credential_ids.push(new.id.clone());
-        let credential = CollectorCredential {
-            id: new.id.clone(),
-            collector_id: collector_id.into(),
-            secret_hash: new.hash,
-            created_at: now,
-            revoked_at: None,
-        };
-        ops.push(Op::put(collector_id, &collector, Expect::Version(cur.version))?);
-        let collector_index = ops.len() - 1;
-        ops.push(Op::put(&new.id, &credential, Expect::Absent)?);
-        ops.push(self.audit_op(
-            actor,
-            "collector.rotate_credential",
-            collector_id,
-            "ok",
-            serde_json::json!({ "new_credential_id": new.id }),
-        )?);
-        let versions = self.store.commit(ops).await.map_err(conflict_as("collector"))?;
-        Ok(RotatedCredential {
-            collector_id: collector_id.into(),
-            credential: new.token,
-            version: versions[collector_index],
-        })
-    }
-
     /// Deregister a collector: the collector, all its credentials, its
     /// status and pending commands go in one transaction with the audit
     /// event. `expected_version`, when given, guards against deleting a

@@ -31,6 +31,12 @@ pub struct NewEnrollmentToken {
     /// Labels given to every collector that enrolls with it.
     #[serde(default)]
     pub labels: Labels,
+    /// Agents that present this token on first contact must switch to a
+    /// credential of their own (delivered over OpAMP connection settings);
+    /// agents that cannot accept connection settings are refused and enroll
+    /// through `POST /api/v1/enroll` instead.
+    #[serde(default)]
+    pub require_own_credential: bool,
 }
 
 /// An enrollment token as listed (never with its secret).
@@ -45,6 +51,7 @@ pub struct EnrollmentTokenView {
     pub uses: u32,
     pub labels: Labels,
     pub revoked_at: Option<Timestamp>,
+    pub require_own_credential: bool,
     /// `active`, `expired`, `used_up` or `revoked`.
     pub state: String,
 }
@@ -113,6 +120,7 @@ impl Domain {
             uses: t.uses,
             labels: t.labels.clone(),
             revoked_at: t.revoked_at,
+            require_own_credential: t.require_own_credential,
             state: state_of(t, self.clock.now()).into(),
         }
     }
@@ -146,6 +154,7 @@ impl Domain {
             uses: 0,
             labels: req.labels,
             revoked_at: None,
+            require_own_credential: req.require_own_credential,
         };
         let detail =
             serde_json::json!({ "name": record.name, "max_uses": record.max_uses, "expires_at": record.expires_at });
@@ -207,53 +216,209 @@ impl Domain {
         }
     }
 
-    /// Enroll a collector. Atomically: the token is re-validated and its use
-    /// counted, the collector and its credential are created, the event is
-    /// audited. Racing enrollments on one token retry on the token's version,
-    /// so `max_uses` holds exactly.
+    /// Enroll a collector (`POST /enroll`, gRPC Enroll): it gets its own
+    /// credential in the answer.
     pub async fn enroll(&self, req: EnrollRequest) -> Result<Enrolled, DomainError> {
-        let refuse = |why: &str| DomainError::Refused(format!("enrollment token {why}"));
-        let Some((token_id, random)) = secrets::parse(SecretKind::Enrollment, &req.token) else {
-            return Err(DomainError::Unauthenticated("not an enrollment token".into()));
-        };
         let collector_id = match &req.instance_uid {
             Some(uid) => normalize_uid(uid)?,
             None => uuid::Uuid::now_v7().hyphenated().to_string(),
         };
         validate_labels("labels", &req.labels)?;
-        let name = req
-            .name
-            .clone()
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| collector_id.clone());
+        let (token_id, record) = self.verified_token(&req.token, &collector_id).await?;
+        let joined = self
+            .enroll_with(
+                (token_id.to_string(), record),
+                &collector_id,
+                req.name,
+                req.labels,
+                Joining::Explicit,
+            )
+            .await?;
+        Ok(Enrolled {
+            collector_id,
+            credential: joined.credential.unwrap_or_default(),
+            labels: joined.collector.value.labels,
+        })
+    }
+
+    /// An agent presented an enrollment token as its bearer on its first
+    /// message (OpAMP WebSocket, OpAMP HTTP, gRPC) with `instance_uid`
+    /// (normalised by the caller; `None` when empty or malformed, and the
+    /// server picks one). A new uid is enrolled in the same transaction as
+    /// `enroll`; the uid this token enrolled earlier resumes its collector
+    /// without counting a use (a restart before it switched to its own
+    /// credential); any other existing uid is refused: never a takeover.
+    ///
+    /// Expiry and `max_uses` limit *new* enrollments only: an agent that
+    /// cannot take connection settings keeps using the token for its bound
+    /// uid until the token is revoked (revocation cuts them all off).
+    pub async fn first_contact(
+        &self,
+        token: &str,
+        instance_uid: Option<String>,
+        accepts_connection_settings: bool,
+        name: Option<String>,
+    ) -> Result<FirstContact, DomainError> {
+        let (collector_id, assigned_uid) = match instance_uid {
+            Some(uid) => (uid, false),
+            None => (uuid::Uuid::now_v7().hyphenated().to_string(), true),
+        };
+        let actor_for = |token_id: &str| Actor::Enrollment {
+            token_id: token_id.to_string(),
+        };
+        let (token_id, record) = self.verified_token(token, &collector_id).await?;
+        let token_id = token_id.to_string();
+        let require_own = record.value.require_own_credential || self.policy.require_own_credential;
+        if require_own && !accepts_connection_settings {
+            let why = "this enrollment token requires each agent to switch to its own credential, and the \
+                       agent does not accept OpAMP connection settings (AcceptsOpAMPConnectionSettings); \
+                       enroll it through POST /api/v1/enroll instead";
+            self.audit_only(
+                &actor_for(&token_id),
+                "collector.enroll",
+                &collector_id,
+                "refused: agent cannot take its own credential",
+                serde_json::Value::Null,
+            )
+            .await;
+            return Err(DomainError::Refused(why.into()));
+        }
+        if let Some(existing) = self.store.get::<Collector>(&collector_id).await? {
+            let c = &existing.value;
+            if c.enrollment_token_id == token_id && c.token_path_open() {
+                if record.value.revoked_at.is_some() {
+                    self.audit_only(
+                        &actor_for(&token_id),
+                        "collector.resume",
+                        &collector_id,
+                        "refused: revoked",
+                        serde_json::Value::Null,
+                    )
+                    .await;
+                    return Err(DomainError::Refused("enrollment token is revoked".into()));
+                }
+                return Ok(FirstContact {
+                    collector: existing,
+                    token_id,
+                    enrolled: false,
+                    assigned_uid,
+                });
+            }
+            let why = if c.enrollment_token_id == token_id {
+                "refused: uid switched to its own credential"
+            } else {
+                "refused: uid bound to another token"
+            };
+            self.audit_only(
+                &actor_for(&token_id),
+                "collector.enroll",
+                &collector_id,
+                why,
+                serde_json::Value::Null,
+            )
+            .await;
+            return Err(DomainError::Refused(format!(
+                "instance_uid {collector_id} is already enrolled with another credential; \
+                 connect with that credential (a uid is never taken over)"
+            )));
+        }
+        let joined = self
+            .enroll_with(
+                (token_id.clone(), record),
+                &collector_id,
+                name,
+                Labels::new(),
+                Joining::FirstContact,
+            )
+            .await;
+        match joined {
+            Ok(j) => Ok(FirstContact {
+                collector: j.collector,
+                token_id,
+                enrolled: true,
+                assigned_uid,
+            }),
+            // Two first messages of one agent raced (HTTP retries): the
+            // other one enrolled it; resume that.
+            Err(DomainError::AlreadyExists { .. }) => match self.store.get::<Collector>(&collector_id).await? {
+                Some(c) if c.value.enrollment_token_id == token_id && c.value.token_path_open() => Ok(FirstContact {
+                    collector: c,
+                    token_id,
+                    enrolled: false,
+                    assigned_uid,
+                }),
+                _ => Err(DomainError::Refused(format!(
+                    "instance_uid {collector_id} is already enrolled with another credential"
+                ))),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Find the token and check its secret (refusals audited).
+    async fn verified_token<'t>(
+        &self,
+        token: &'t str,
+        collector_id: &str,
+    ) -> Result<(&'t str, Versioned<EnrollmentToken>), DomainError> {
+        let Some((token_id, random)) = secrets::parse(SecretKind::Enrollment, token) else {
+            return Err(DomainError::Unauthenticated("not an enrollment token".into()));
+        };
         let actor = Actor::Enrollment {
             token_id: token_id.to_string(),
         };
-
-        for _ in 0..super::MAX_ATTEMPTS {
-            let Some(cur) = self.store.get::<EnrollmentToken>(token_id).await? else {
+        let found = self.store.get::<EnrollmentToken>(token_id).await?;
+        let outcome = match &found {
+            None => "refused: unknown token",
+            Some(t) if !secrets::verify(random, &t.value.secret_hash) => "refused: bad secret",
+            Some(_) => "",
+        };
+        match found {
+            Some(t) if outcome.is_empty() => Ok((token_id, t)),
+            _ => {
                 self.audit_only(
                     &actor,
                     "collector.enroll",
-                    &collector_id,
-                    "refused: unknown token",
+                    collector_id,
+                    outcome,
                     serde_json::Value::Null,
                 )
                 .await;
-                return Err(DomainError::Unauthenticated("unknown enrollment token".into()));
-            };
-            let mut token = cur.value;
-            if !secrets::verify(random, &token.secret_hash) {
-                self.audit_only(
-                    &actor,
-                    "collector.enroll",
-                    &collector_id,
-                    "refused: bad secret",
-                    serde_json::Value::Null,
-                )
-                .await;
-                return Err(DomainError::Unauthenticated("unknown enrollment token".into()));
+                Err(DomainError::Unauthenticated("unknown enrollment token".into()))
             }
+        }
+    }
+
+    /// The enrollment transaction: the token is re-validated and its use
+    /// counted, the collector (and, for explicit enrollment, its credential)
+    /// is created, the event is audited. Racing enrollments on one token
+    /// retry on the token's version, so `max_uses` holds exactly.
+    ///
+    /// First-contact enrollment creates no credential: its secret could not
+    /// be handed to an agent that has no way to receive it. The credential
+    /// is issued when it can be delivered (OpAMP connection settings).
+    async fn enroll_with(
+        &self,
+        (token_id, mut cur): (String, Versioned<EnrollmentToken>),
+        collector_id: &str,
+        name: Option<String>,
+        reported_labels: Labels,
+        joining: Joining,
+    ) -> Result<Joined, DomainError> {
+        let name = name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| collector_id.to_string());
+        let actor = Actor::Enrollment {
+            token_id: token_id.clone(),
+        };
+        for attempt in 0..super::MAX_ATTEMPTS {
+            if attempt > 0 {
+                let Some(again) = self.store.get::<EnrollmentToken>(&token_id).await? else {
+                    return Err(DomainError::Unauthenticated("unknown enrollment token".into()));
+                };
+                cur = again;
+            }
+            let mut token = cur.value.clone();
             let now = self.clock.now();
             match state_of(&token, now) {
                 "active" => {}
@@ -262,52 +427,69 @@ impl Domain {
                     self.audit_only(
                         &actor,
                         "collector.enroll",
-                        &collector_id,
+                        collector_id,
                         &format!("refused: {why}"),
                         serde_json::Value::Null,
                     )
                     .await;
-                    return Err(refuse(&format!("is {why}")));
+                    return Err(DomainError::Refused(format!("enrollment token is {why}")));
                 }
             }
             token.uses += 1;
-            let mut labels = req.labels.clone();
+            let mut labels = reported_labels.clone();
             labels.extend(token.labels.clone());
-            let cred = secrets::generate(SecretKind::Collector);
+            let cred = match joining {
+                Joining::Explicit => Some(secrets::generate(SecretKind::Collector)),
+                Joining::FirstContact => None,
+            };
             let collector = Collector {
-                id: collector_id.clone(),
+                id: collector_id.to_string(),
                 name: name.clone(),
                 labels: labels.clone(),
                 enrolled_at: now,
                 enrollment_token_id: token.id.clone(),
-                credential_ids: vec![cred.id.clone()],
+                credential_ids: cred.iter().map(|c| c.id.clone()).collect(),
+                enrolled_on_first_contact: joining == Joining::FirstContact,
+                credential_adopted_at: None,
+                superseded_credential_ids: vec![],
+                rotation_requested_at: None,
             };
-            let credential = CollectorCredential {
-                id: cred.id.clone(),
-                collector_id: collector_id.clone(),
-                secret_hash: cred.hash,
-                created_at: now,
-                revoked_at: None,
-            };
-            let ops = vec![
-                Op::put(token_id, &token, Expect::Version(cur.version))?,
-                Op::put(&collector_id, &collector, Expect::Absent)?,
-                Op::put(&cred.id, &credential, Expect::Absent)?,
-                self.audit_op(
-                    &actor,
-                    "collector.enroll",
-                    &collector_id,
-                    "ok",
-                    serde_json::json!({ "name": name, "labels": labels }),
-                )?,
+            let mut ops = vec![
+                Op::put(&token_id, &token, Expect::Version(cur.version))?,
+                Op::put(collector_id, &collector, Expect::Absent)?,
             ];
+            if let Some(cred) = &cred {
+                let credential = CollectorCredential {
+                    id: cred.id.clone(),
+                    collector_id: collector_id.to_string(),
+                    secret_hash: cred.hash.clone(),
+                    created_at: now,
+                    revoked_at: None,
+                    valid_until: None,
+                };
+                ops.push(Op::put(&cred.id, &credential, Expect::Absent)?);
+            }
+            let how = match joining {
+                Joining::Explicit => "explicit",
+                Joining::FirstContact => "first_contact",
+            };
+            ops.push(self.audit_op(
+                &actor,
+                "collector.enroll",
+                collector_id,
+                "ok",
+                serde_json::json!({ "name": name, "labels": labels, "via": how }),
+            )?);
             match self.store.commit(ops).await {
-                Ok(_) => {
-                    tracing::info!(collector_id, token_id, "Collector enrolled.");
-                    return Ok(Enrolled {
-                        collector_id,
-                        credential: cred.token,
-                        labels,
+                Ok(versions) => {
+                    tracing::info!(collector_id, token_id, via = how, "Collector enrolled.");
+                    return Ok(Joined {
+                        collector: Versioned {
+                            key: collector_id.to_string(),
+                            version: versions[1],
+                            value: collector,
+                        },
+                        credential: cred.map(|c| c.token),
                     });
                 }
                 Err(StorageError::Conflict {
@@ -324,7 +506,7 @@ impl Domain {
                 }) => {
                     return Err(DomainError::AlreadyExists {
                         what: "collector",
-                        id: collector_id,
+                        id: collector_id.to_string(),
                     });
                 }
                 Err(e) => return Err(e.into()),
@@ -334,6 +516,31 @@ impl Domain {
             "enrollment token is too contended; try again".into(),
         ))
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joining {
+    /// `POST /enroll` or gRPC Enroll: the credential is in the answer.
+    Explicit,
+    /// The enrollment token on an agent's first OpAMP message.
+    FirstContact,
+}
+
+struct Joined {
+    collector: Versioned<Collector>,
+    credential: Option<String>,
+}
+
+/// The outcome of an agent's first message with an enrollment token.
+#[derive(Debug, Clone)]
+pub struct FirstContact {
+    pub collector: Versioned<Collector>,
+    pub token_id: String,
+    /// Newly enrolled (a use was counted) rather than resumed.
+    pub enrolled: bool,
+    /// The agent's uid was empty or malformed and the server picked
+    /// `collector.key`; tell the agent (`AgentIdentification`).
+    pub assigned_uid: bool,
 }
 
 /// Turn `limit + 1` scanned rows into a page: the extra row only says there

@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod canvas;
 mod collectors;
+mod credentials;
 mod enrollment;
 pub mod records;
 pub mod secrets;
@@ -23,8 +24,11 @@ use serde::Serialize;
 pub use audit::AuditQuery;
 pub use auth::{ApiTokenCreated, ApiTokenView, LoginResult, NewApiToken};
 pub use canvas::CanvasDoc;
-pub use collectors::{CollectorView, RotatedCredential, DEFAULT_ASSIGNMENT};
-pub use enrollment::{EnrollRequest, Enrolled, EnrollmentTokenCreated, EnrollmentTokenView, NewEnrollmentToken};
+pub use collectors::{CollectorView, DEFAULT_ASSIGNMENT};
+pub use credentials::{OfferedCredential, RotatedCredential};
+pub use enrollment::{
+    EnrollRequest, Enrolled, EnrollmentTokenCreated, EnrollmentTokenView, FirstContact, NewEnrollmentToken,
+};
 pub use records::*;
 pub use users::{NewUser, UserUpdate, UserView};
 
@@ -143,6 +147,26 @@ pub struct AuthSettings {
     pub enrollment_token_ttl: Duration,
 }
 
+/// How collectors get and keep their own credentials (`[auth]`).
+#[derive(Debug, Clone)]
+pub struct CredentialPolicy {
+    /// Every enrollment token behaves as if `require_own_credential` were
+    /// set: no agent stays on the shared token.
+    pub require_own_credential: bool,
+    /// How long a credential replaced over OpAMP connection settings stays
+    /// valid if the agent does not reconnect with its successor.
+    pub rotation_overlap: Duration,
+}
+
+impl Default for CredentialPolicy {
+    fn default() -> Self {
+        CredentialPolicy {
+            require_own_credential: false,
+            rotation_overlap: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// The domain services of one instance.
 #[derive(Clone)]
 pub struct Domain {
@@ -150,6 +174,7 @@ pub struct Domain {
     clock: Arc<dyn Clock>,
     instance: String,
     settings: AuthSettings,
+    policy: CredentialPolicy,
 }
 
 /// How often a commit whose precondition lost a race is retried, for
@@ -163,7 +188,18 @@ impl Domain {
             clock,
             instance,
             settings,
+            policy: CredentialPolicy::default(),
         }
+    }
+
+    /// Replace the default credential policy (from `[auth]`).
+    pub fn with_credential_policy(mut self, policy: CredentialPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn credential_policy(&self) -> &CredentialPolicy {
+        &self.policy
     }
 
     pub fn store(&self) -> &Store {
@@ -249,3 +285,6 @@ pub(crate) fn validate_labels(field: &str, labels: &Labels) -> Result<(), Domain
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod first_contact_tests;

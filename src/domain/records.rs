@@ -24,6 +24,32 @@ pub struct Collector {
     /// not found by a scan, so that the deregistration cascade knows every
     /// child inside its transaction; adding one bumps this record's version.
     pub credential_ids: Vec<String>,
+    /// Enrolled on first contact by presenting the enrollment token (not
+    /// through `POST /enroll`): while `credential_adopted_at` is unset, the
+    /// agent with this uid may keep authenticating with that token.
+    #[serde(default)]
+    pub enrolled_on_first_contact: bool,
+    /// When the agent first connected with a credential of its own (offered
+    /// over OpAMP connection settings): from then on the token path for this
+    /// uid is closed.
+    #[serde(default)]
+    pub credential_adopted_at: Option<Timestamp>,
+    /// Credentials replaced by a newer one but still valid during the
+    /// rotation overlap (until the agent connects with the newest one or the
+    /// window in `CollectorCredential::valid_until` ends).
+    #[serde(default)]
+    pub superseded_credential_ids: Vec<String>,
+    /// An operator asked for a new credential to be delivered over OpAMP
+    /// connection settings; the instance holding the agent's session issues
+    /// it (the secret never passes through the store) and clears this.
+    #[serde(default)]
+    pub rotation_requested_at: Option<Timestamp>,
+}
+impl Collector {
+    /// Whether the agent may (still) authenticate with its enrollment token.
+    pub fn token_path_open(&self) -> bool {
+        self.enrolled_on_first_contact && self.credential_adopted_at.is_none()
+    }
 }
 impl Record for Collector {
     const TABLE: Table = Table::Collectors;
@@ -37,6 +63,10 @@ pub struct CollectorCredential {
     pub secret_hash: String,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// End of the rotation overlap: a superseded credential is refused from
+    /// then on even if the agent never connected with its successor.
+    #[serde(default)]
+    pub valid_until: Option<Timestamp>,
 }
 impl Record for CollectorCredential {
     const TABLE: Table = Table::CollectorCredentials;
@@ -172,6 +202,11 @@ pub struct EnrollmentToken {
     /// Labels given to every collector that enrolls with it.
     pub labels: Labels,
     pub revoked_at: Option<Timestamp>,
+    /// Agents enrolled with this token must switch to a credential of their
+    /// own: first contact is refused for agents that cannot accept OpAMP
+    /// connection settings (they enroll through `POST /enroll` instead).
+    #[serde(default)]
+    pub require_own_credential: bool,
 }
 impl Record for EnrollmentToken {
     const TABLE: Table = Table::EnrollmentTokens;
