@@ -272,7 +272,8 @@ impl Domain {
     ) -> Result<Option<Versioned<Collector>>, DomainError> {
         let c = &collector.value;
         let newest = c.credential_ids.last().is_some_and(|id| id == credential_id);
-        if !newest || !(c.token_path_open() || !c.superseded_credential_ids.is_empty()) {
+        let switching = c.token_path_open() || !c.superseded_credential_ids.is_empty();
+        if !newest || !switching {
             return Ok(None);
         }
         let now = self.clock.now();
