@@ -37,6 +37,8 @@ pub struct Metrics {
     config_reloads: Counter,
     config_reload_failures: Counter,
     config_head_valid: Gauge,
+    change_feed_failures: Gauge,
+    change_feed_progress_age: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -94,8 +96,22 @@ impl Metrics {
             "1 when the newest commit of the config branch is valid and served, 0 when it was refused",
             config_head_valid.clone(),
         );
+        let change_feed_failures = Gauge::default();
+        registry.register(
+            "change_feed_consecutive_failures",
+            "MongoDB change stream: attempts in a row that failed to read or reopen it",
+            change_feed_failures.clone(),
+        );
+        let change_feed_progress_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "change_feed_seconds_since_progress",
+            "MongoDB change stream: seconds since it last delivered an event or advanced its resume token",
+            change_feed_progress_age.clone(),
+        );
         Metrics {
             registry,
+            change_feed_failures,
+            change_feed_progress_age,
             http_requests,
             http_latency,
             storage_latency,
@@ -140,6 +156,13 @@ impl Metrics {
         self.storage_latency
             .get_or_create(&vec![("op", op.to_string())])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The change stream's health, set when the metrics are scraped.
+    pub fn change_feed(&self, health: &crate::storage::FeedHealth) {
+        self.change_feed_failures.set(i64::from(health.consecutive_failures));
+        self.change_feed_progress_age
+            .set(health.seconds_since_progress.unwrap_or(f64::INFINITY));
     }
 
     /// Prometheus text exposition.

@@ -127,6 +127,15 @@ impl From<ApiError> for tonic::Status {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         tracing::error!(error = %e, "Storage failed while handling a request.");
+        if let StorageError::OutcomeUnknown(_) = e {
+            // The write may be there: a blind retry could apply it twice or
+            // meet its own success as a conflict.
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome-unknown",
+                "the store did not confirm the write in time; it may have been applied: re-read before retrying",
+            );
+        }
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage-unavailable",

@@ -30,6 +30,10 @@ pub struct Health {
     /// Why the instance is not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The MongoDB change stream that keeps this instance's caches fresh
+    /// (absent with the embedded store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_feed: Option<crate::storage::FeedHealth>,
 }
 
 /// The process is alive.
@@ -40,6 +44,7 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Json<Health> {
         instance: s.instance.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         reason: None,
+        change_feed: None,
     })
 }
 
@@ -52,6 +57,21 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
         Ok(Err(e)) => Some(format!("store: {e}")),
         Err(_) => Some("store: no answer within 2 s".into()),
     };
+    // A stalled change feed leaves this instance serving stale caches.
+    let change_feed = s.domain.store().feed_health();
+    if let (None, Some(feed)) = (&reason, &change_feed) {
+        if !feed.healthy {
+            reason = Some(format!(
+                "store: the change stream made no progress for {}s ({} failures in a row{})",
+                feed.seconds_since_progress.map_or("ever".into(), |t| format!("{t:.0}")),
+                feed.consecutive_failures,
+                feed.last_error
+                    .as_ref()
+                    .map(|e| format!(", last: {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     // With a config store, an instance without a valid snapshot has nothing
     // to render for collectors: keep it out of the load balancer.
     if let (None, Some(cs)) = (&reason, &s.config_store) {
@@ -78,6 +98,7 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
         instance: s.instance.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         reason,
+        change_feed,
     };
     (status, Json(body))
 }
@@ -98,6 +119,11 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.render(),
+        {
+            if let Some(feed) = s.domain.store().feed_health() {
+                s.metrics.change_feed(&feed);
+            }
+            s.metrics.render()
+        },
     )
 }

@@ -193,9 +193,13 @@ pub struct DatabaseConfig {
     /// CA bundle for the database's TLS certificates.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// Reaching the servers (DNS, connection, server selection).
     #[serde(default = "default_db_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    #[serde(default = "default_db_timeout", with = "humantime_serde")]
+    /// The whole of one database operation, a commit with all its retries
+    /// included: longer than a replica-set election (about 10-12 s), so a
+    /// commit during a failover completes instead of failing.
+    #[serde(default = "default_db_operation_timeout", with = "humantime_serde")]
     pub operation_timeout: Duration,
 }
 
@@ -204,6 +208,9 @@ fn default_database_name() -> String {
 }
 fn default_db_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_db_operation_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize)]

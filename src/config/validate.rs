@@ -61,8 +61,15 @@ pub(super) fn resolve_and_validate(config: &mut Config, errors: &mut Vec<ConfigE
 
     if let Some(db) = &mut config.database {
         resolve_secret("database.uri", &mut db.uri, &db.uri_file, errors);
+        if let Some(uri) = &db.uri {
+            for problem in crate::storage::mongodb_uri_problems(uri.expose()) {
+                errors.push(ConfigError::new("database.uri", problem));
+            }
+        }
         if let Some(ca) = &db.tls_ca_file {
-            check_file("database.tls_ca_file", ca, errors);
+            if let Err(e) = crate::storage::check_mongodb_ca_file(ca) {
+                errors.push(ConfigError::new("database.tls_ca_file", e));
+            }
         }
     }
     if config.storage.backend == StorageBackend::Mongodb {

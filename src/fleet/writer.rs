@@ -12,8 +12,11 @@ use tokio::sync::Notify;
 use crate::domain::{Collector, CollectorStatus};
 use crate::storage::{Expect, Op, StorageError, Store, Table};
 
-/// Records per commit: bounds commit size and the work redone on conflict.
-const BATCH: usize = 512;
+/// Statuses per commit (two ops each), from the store's batch hint: bounds
+/// commit size and the work redone on conflict.
+fn batch_size(store: &Store) -> usize {
+    (store.batch_hint() / 2).max(1)
+}
 
 #[derive(Clone)]
 pub struct StatusWriter {
@@ -44,7 +47,7 @@ impl StatusWriter {
                     if batch.is_empty() {
                         break;
                     }
-                    for chunk in batch.chunks(BATCH) {
+                    for chunk in batch.chunks(batch_size(&store)) {
                         write_chunk(&store, chunk.to_vec()).await;
                     }
                 }
@@ -60,7 +63,7 @@ impl StatusWriter {
             Ok(mut p) => p.drain().map(|(_, s)| s).collect(),
             Err(_) => return,
         };
-        for chunk in batch.chunks(BATCH) {
+        for chunk in batch.chunks(batch_size(store)) {
             write_chunk(store, chunk.to_vec()).await;
         }
     }

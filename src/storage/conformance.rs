@@ -40,6 +40,241 @@ where
     change_feed_reports_commits(fresh().await).await;
     concurrent_compare_and_swap_loses_no_update(fresh().await).await;
     future_format_is_refused(fresh().await).await;
+    scans_clamp_cursors_and_order_by_code_point(fresh().await).await;
+    values_round_trip_exactly(fresh().await).await;
+    racing_creates_of_one_key_have_one_winner(fresh().await).await;
+    a_check_keeps_its_record_against_a_racing_delete(fresh().await).await;
+    absent_checks_never_both_commit(fresh().await).await;
+}
+
+/// A record holding any JSON value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Blob(pub serde_json::Value);
+impl Record for Blob {
+    const TABLE: Table = Table::Canvas;
+}
+
+fn keys<T>(rows: Vec<super::Versioned<T>>) -> Vec<String> {
+    rows.into_iter().map(|r| r.key).collect()
+}
+
+fn scan(prefix: &str, after: Option<&str>, limit: usize, reverse: bool) -> Scan {
+    Scan {
+        prefix: prefix.into(),
+        after: after.map(String::from),
+        limit,
+        reverse,
+    }
+}
+
+pub async fn scans_clamp_cursors_and_order_by_code_point(store: Store) {
+    // Inside "u/", in code point (= UTF-8 byte) order; "u0" is the prefix's
+    // successor and "u" and "t/x" lie below: all outside.
+    let inside = [
+        "u/a",
+        "u/é",
+        "u/東京",
+        "u/\u{FFFF}",
+        "u/\u{10000}",
+        "u/\u{10FFFF}",
+        "u/\u{10FFFF}z",
+    ];
+    let mut ops = Vec::new();
+    for k in inside.iter().chain(&["u0", "u", "t/x", "v"]) {
+        ops.push(Op::put(*k, &probe(1), Expect::Absent).unwrap());
+    }
+    store.commit(ops).await.unwrap();
+    let rev: Vec<&str> = inside.iter().rev().copied().collect();
+    let got = |s: Scan| {
+        let store = store.clone();
+        async move { keys(store.scan::<Probe>(s).await.unwrap()) }
+    };
+    assert_eq!(got(scan("u/", None, 0, false)).await, inside);
+    assert_eq!(got(scan("u/", None, 0, true)).await, rev);
+    // A cursor below the range: ascending from the start, descending nothing.
+    assert_eq!(got(scan("u/", Some("a"), 0, false)).await, inside);
+    assert!(got(scan("u/", Some("a"), 0, true)).await.is_empty());
+    assert_eq!(got(scan("u/", Some("u"), 0, false)).await, inside);
+    // Above the range: ascending nothing, descending from the end.
+    assert!(got(scan("u/", Some("z"), 0, false)).await.is_empty());
+    assert_eq!(got(scan("u/", Some("z"), 0, true)).await, rev);
+    assert_eq!(got(scan("u/", Some("u0"), 2, true)).await, rev[..2]);
+    // Cursors inside, between non-ASCII keys.
+    assert_eq!(got(scan("u/", Some("u/é"), 2, false)).await, inside[2..4]);
+    assert_eq!(got(scan("u/", Some("u/\u{10000}"), 0, true)).await, rev[3..]);
+    // A prefix ending in U+10FFFF still has a true upper bound.
+    assert_eq!(
+        got(scan("u/\u{10FFFF}", None, 0, false)).await,
+        ["u/\u{10FFFF}", "u/\u{10FFFF}z"]
+    );
+    assert_eq!(got(scan("u/\u{FFFF}", None, 0, false)).await, ["u/\u{FFFF}"]);
+}
+
+pub async fn values_round_trip_exactly(store: Store) {
+    let value = serde_json::json!({
+        "max": u64::MAX,
+        "above_2_53": 9_007_199_254_740_993_u64,
+        "min": i64::MIN,
+        "float": 0.1,
+        "whole_float": 3.0,
+        "$dollar": { "$set": 1, "$oid": "not an id" },
+        "dotted.key": { "a.b.c": "d", "app.kubernetes.io/name": "otel" },
+        "nested": [[{ "$in": [] }], {}, null],
+        "text": "\u{10FFFF} \u{FFFF} 東京",
+    });
+    store
+        .commit(vec![Op::put("blob", &Blob(value.clone()), Expect::Absent).unwrap()])
+        .await
+        .unwrap();
+    let back = store.get::<Blob>("blob").await.unwrap().unwrap().value.0;
+    assert_eq!(back, value);
+    assert_eq!(back["max"].as_u64(), Some(u64::MAX));
+    assert_eq!(back["above_2_53"].as_u64(), Some(9_007_199_254_740_993));
+    assert!(back["whole_float"].is_f64(), "a float stays a float");
+    let listed = store.scan::<Blob>(Scan::default()).await.unwrap();
+    assert_eq!(listed[0].value.0, value);
+}
+
+/// Run `a` and `b` at the same moment (as near as tasks get), `rounds`
+/// times, with the round number.
+async fn race<A, B, FA, FB, RA, RB>(rounds: u64, a: A, b: B) -> Vec<(RA, RB)>
+where
+    A: Fn(u64) -> FA,
+    B: Fn(u64) -> FB,
+    FA: Future<Output = RA> + Send + 'static,
+    FB: Future<Output = RB> + Send + 'static,
+    RA: Send + 'static,
+    RB: Send + 'static,
+{
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let (fa, fb) = (a(round), b(round));
+        let ba = barrier.clone();
+        let ta = tokio::spawn(async move {
+            ba.wait().await;
+            fa.await
+        });
+        let tb = tokio::spawn(async move {
+            barrier.wait().await;
+            fb.await
+        });
+        out.push((ta.await.unwrap(), tb.await.unwrap()));
+    }
+    out
+}
+
+pub async fn racing_creates_of_one_key_have_one_winner(store: Store) {
+    let put = |n: u64| {
+        let store = store.clone();
+        move |round: u64| {
+            let store = store.clone();
+            async move {
+                store
+                    .commit(vec![Op::put(format!("new{round}"), &probe(n), Expect::Absent).unwrap()])
+                    .await
+            }
+        }
+    };
+    for (round, (a, b)) in race(20, put(1), put(2)).await.into_iter().enumerate() {
+        let stored = store.get::<Probe>(&format!("new{round}")).await.unwrap().unwrap();
+        assert_eq!(stored.version, 1, "one create, no overwrite");
+        match (a, b) {
+            (Ok(v), Err(StorageError::Conflict { current: Some(1), .. })) => {
+                assert_eq!((v, stored.value.n), (vec![1], 1))
+            }
+            (Err(StorageError::Conflict { current: Some(1), .. }), Ok(v)) => {
+                assert_eq!((v, stored.value.n), (vec![1], 2))
+            }
+            other => panic!("round {round}: exactly one create must win, got {other:?}"),
+        }
+    }
+}
+
+/// The status writer against a deregistration: `[Check(X, Present),
+/// Put(Y)]` racing `[Delete(X), Delete(Y)]` must never leave Y without X.
+pub async fn a_check_keeps_its_record_against_a_racing_delete(store: Store) {
+    let rounds = 20;
+    let mut ops = Vec::new();
+    for round in 0..rounds {
+        ops.push(Op::put(format!("x{round}"), &probe(round), Expect::Absent).unwrap());
+    }
+    store.commit(ops).await.unwrap();
+    let (s1, s2) = (store.clone(), store.clone());
+    let writer = move |round: u64| {
+        let store = s1.clone();
+        async move {
+            store
+                .commit(vec![
+                    Op::check::<Probe>(format!("x{round}"), Expect::Present),
+                    Op::put(format!("y{round}"), &probe(round), Expect::Any).unwrap(),
+                ])
+                .await
+        }
+    };
+    let deleter = move |round: u64| {
+        let store = s2.clone();
+        async move {
+            store
+                .commit(vec![
+                    Op::delete::<Probe>(format!("x{round}"), Expect::Present),
+                    Op::delete::<Probe>(format!("y{round}"), Expect::Any),
+                ])
+                .await
+        }
+    };
+    for (round, (w, d)) in race(rounds, writer, deleter).await.into_iter().enumerate() {
+        d.unwrap_or_else(|e| panic!("round {round}: the delete must succeed: {e}"));
+        let y = store.get::<Probe>(&format!("y{round}")).await.unwrap();
+        let x = store.get::<Probe>(&format!("x{round}")).await.unwrap();
+        assert!(x.is_none(), "round {round}");
+        assert!(
+            y.is_none(),
+            "round {round}: Y was written for a deleted X (writer: {w:?})"
+        );
+        match w {
+            Ok(_) | Err(StorageError::Conflict { .. }) => {}
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+}
+
+/// Write skew: `[Check(B, Absent), Put(A)]` racing `[Check(A, Absent),
+/// Put(B)]`; both committing would leave A and B. The embedded store
+/// serialises them; MongoDB refuses absent checks (`Unsupported`).
+pub async fn absent_checks_never_both_commit(store: Store) {
+    let pair = |mine: &'static str, other: &'static str| {
+        let store = store.clone();
+        move |round: u64| {
+            let store = store.clone();
+            async move {
+                store
+                    .commit(vec![
+                        Op::check::<Probe>(format!("{other}{round}"), Expect::Absent),
+                        Op::put(format!("{mine}{round}"), &probe(round), Expect::Absent).unwrap(),
+                    ])
+                    .await
+            }
+        }
+    };
+    for (round, (a, b)) in race(20, pair("a", "b"), pair("b", "a")).await.into_iter().enumerate() {
+        let a_there = store.get::<Probe>(&format!("a{round}")).await.unwrap().is_some();
+        let b_there = store.get::<Probe>(&format!("b{round}")).await.unwrap().is_some();
+        assert!(!(a_there && b_there), "round {round}: write skew ({a:?}, {b:?})");
+        for r in [&a, &b] {
+            match r {
+                Ok(_) | Err(StorageError::Conflict { .. }) => {}
+                Err(StorageError::Unsupported { .. }) if store.backend_name() != "embedded" => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(a.is_ok(), a_there);
+        assert_eq!(b.is_ok(), b_there);
+        if store.backend_name() == "embedded" {
+            assert!(a.is_ok() || b.is_ok(), "round {round}: one of them commits");
+        }
+    }
 }
 
 pub async fn versions_and_preconditions(store: Store) {
@@ -171,6 +406,35 @@ pub async fn injected_failure_applies_nothing(store: Store) {
     }
     // The fault point fires once; the same commit then goes through.
     store.commit(deletes).await.unwrap();
+    // A targeted fault leaves other commits alone and fires on its own.
+    store.fail_commit_touching(Table::Canvas, "target", 1);
+    store
+        .commit(vec![
+            Op::put("other", &probe(1), Expect::Absent).unwrap(),
+            Op::put("other2", &probe(1), Expect::Absent).unwrap(),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .commit(vec![
+                Op::put("first", &probe(1), Expect::Absent).unwrap(),
+                Op::put("target", &probe(1), Expect::Absent).unwrap(),
+            ])
+            .await,
+        Err(StorageError::Injected)
+    ));
+    assert!(store.get::<Probe>("first").await.unwrap().is_none());
+    store
+        .commit(vec![Op::put("target", &probe(1), Expect::Absent).unwrap()])
+        .await
+        .unwrap();
+    for k in ["other", "other2", "target"] {
+        store
+            .commit(vec![Op::delete::<Probe>(k, Expect::Present)])
+            .await
+            .unwrap();
+    }
     assert!(store.scan::<Probe>(Scan::default()).await.unwrap().is_empty());
 }
 

@@ -6,6 +6,7 @@
 //! write transaction may wait for another writer, neither of which may stall
 //! the async runtime.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -70,43 +71,23 @@ impl EmbeddedBackend {
 
     pub(super) async fn scan(&self, table: Table, scan: Scan) -> Result<Vec<(String, RawDoc)>, StorageError> {
         self.blocking(move |db| {
+            let Some((lower, upper)) = scan.bounds() else {
+                return Ok(Vec::new());
+            };
             let txn = db.begin_read().map_err(backend_err)?;
             let t = txn.open_table(def(table)).map_err(backend_err)?;
-            let mut out = Vec::new();
             let limit = if scan.limit == 0 { usize::MAX } else { scan.limit };
-            let mut push = |k: &str, v: &[u8]| -> Result<bool, StorageError> {
-                if !k.starts_with(&scan.prefix) {
-                    return Ok(false);
-                }
-                out.push((k.to_string(), decode_raw(table, k, v)?));
-                Ok(out.len() < limit)
-            };
-            if scan.reverse {
-                let upper = match &scan.after {
-                    Some(a) => a.clone(),
-                    None => format!("{}\u{10FFFF}", scan.prefix),
-                };
-                for item in t
-                    .range(scan.prefix.as_str()..upper.as_str())
-                    .map_err(backend_err)?
-                    .rev()
-                {
-                    let (k, v) = item.map_err(backend_err)?;
-                    if !push(k.value(), v.value())? {
-                        break;
-                    }
-                }
+            let range = (as_str(&lower), as_str(&upper));
+            let rows = t.range::<&str>(range).map_err(backend_err)?;
+            let rows: Box<dyn Iterator<Item = _>> = if scan.reverse {
+                Box::new(rows.rev())
             } else {
-                let lower = scan.after.clone().unwrap_or_else(|| scan.prefix.clone());
-                for item in t.range(lower.as_str()..).map_err(backend_err)? {
-                    let (k, v) = item.map_err(backend_err)?;
-                    if scan.after.as_deref() == Some(k.value()) {
-                        continue;
-                    }
-                    if !push(k.value(), v.value())? {
-                        break;
-                    }
-                }
+                Box::new(rows)
+            };
+            let mut out = Vec::new();
+            for item in rows.take(limit) {
+                let (k, v) = item.map_err(backend_err)?;
+                out.push((k.value().to_string(), decode_raw(table, k.value(), v.value())?));
             }
             Ok(out)
         })
@@ -159,6 +140,14 @@ impl EmbeddedBackend {
             Ok(())
         })
         .await
+    }
+}
+
+fn as_str(b: &Bound<String>) -> Bound<&str> {
+    match b {
+        Bound::Included(s) => Bound::Included(s.as_str()),
+        Bound::Excluded(s) => Bound::Excluded(s.as_str()),
+        Bound::Unbounded => Bound::Unbounded,
     }
 }
 

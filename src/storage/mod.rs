@@ -20,20 +20,21 @@ pub mod conformance;
 mod embedded;
 mod mongo;
 
+use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use utoipa::ToSchema;
 
 use crate::config::DatabaseConfig;
 use crate::telemetry::Metrics;
 
 /// The tables (MongoDB: collections) of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Table {
     Collectors,
@@ -189,6 +190,61 @@ pub struct Scan {
     pub reverse: bool,
 }
 
+impl Scan {
+    /// The key range of this scan, clamped to the prefix's range: a cursor
+    /// outside it narrows nothing (or empties the range) instead of
+    /// widening it. None when the range is empty. Both backends scan
+    /// exactly this range, ordered by UTF-8 bytes (= code points).
+    fn bounds(&self) -> Option<(Bound<String>, Bound<String>)> {
+        let mut lower = Bound::Included(self.prefix.clone());
+        let mut upper = match prefix_successor(&self.prefix) {
+            Some(s) => Bound::Excluded(s),
+            None => Bound::Unbounded,
+        };
+        if let Some(after) = &self.after {
+            if self.reverse {
+                if below_upper(after, &upper) {
+                    upper = Bound::Excluded(after.clone());
+                }
+            } else if *after >= self.prefix {
+                lower = Bound::Excluded(after.clone());
+            }
+        }
+        let empty = match (&lower, &upper) {
+            (Bound::Included(l), Bound::Excluded(u)) | (Bound::Excluded(l), Bound::Excluded(u)) => l >= u,
+            _ => false,
+        };
+        (!empty).then_some((lower, upper))
+    }
+}
+
+fn below_upper(key: &str, upper: &Bound<String>) -> bool {
+    match upper {
+        Bound::Excluded(u) => key < u.as_str(),
+        _ => true,
+    }
+}
+
+/// The smallest string above every string that starts with `prefix` (None:
+/// there is none, `prefix` is empty or all U+10FFFF): the last character
+/// that can be incremented is, and what follows it dropped. Appending
+/// U+10FFFF instead is not a bound: "a\u{10FFFF}z" starts with "a" and
+/// sorts above "a\u{10FFFF}".
+fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(c as u32 + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// A committed change, as seen by every instance through the change feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -224,6 +280,16 @@ pub enum StorageError {
     Encode(String),
     #[error("injected failure (test fault point)")]
     Injected,
+    /// The commit was sent but not confirmed before the deadline (a primary
+    /// failover, a lost connection, a write concern timeout): it may or may
+    /// not have been applied. Re-read before deciding what to do; repeating
+    /// a versioned write blindly can meet its own earlier success as a
+    /// conflict.
+    #[error("the outcome of the commit is unknown: {0}; re-read before retrying")]
+    OutcomeUnknown(String),
+    /// The backend cannot give this commit the guarantee it asks for.
+    #[error("not supported by the {backend} backend: {what}")]
+    Unsupported { backend: &'static str, what: String },
     /// The database cannot be used (unreachable, not a replica set, too
     /// old, refused our credentials).
     #[error("{0}")]
@@ -278,10 +344,58 @@ impl ChangeFeed {
 struct Inner {
     backend: Backend,
     changes: broadcast::Sender<FeedEvent>,
-    /// Test fault point: fail the next commit after this many ops (0 = off).
-    fail_after: AtomicUsize,
+    /// Test fault point (`fail_next_commit_after`, `fail_commit_touching`).
+    /// A std mutex: held to test and take, never across an await.
+    fault: Mutex<Option<Fault>>,
     metrics: Option<Arc<Metrics>>,
 }
+
+/// An armed test fault: the commit it selects fails after `after` of its
+/// operations, as a crash or a lost connection would.
+#[derive(Debug, Clone)]
+struct Fault {
+    /// Only a commit with an operation on this record (None: the next
+    /// commit, whatever it writes).
+    target: Option<(Table, String)>,
+    after: usize,
+}
+
+impl Fault {
+    fn selects(&self, ops: &[Op]) -> bool {
+        match &self.target {
+            None => true,
+            Some((table, key)) => ops.iter().any(|op| {
+                let (t, k, _) = op.target();
+                t == *table && k == key
+            }),
+        }
+    }
+}
+
+/// How the MongoDB change stream is doing (`Store::feed_health`): a feed
+/// that stopped makes caches stale on this instance without any error
+/// anywhere else, so `/readyz` and the metrics report it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FeedHealth {
+    /// Attempts in a row that failed to read or reopen the stream.
+    pub consecutive_failures: u32,
+    /// Seconds since the stream last made progress: an event, or an empty
+    /// batch that advanced its resume token (every second or so when
+    /// quiet). None before the first.
+    pub seconds_since_progress: Option<f64>,
+    /// Seconds since the last change event.
+    pub seconds_since_event: Option<f64>,
+    /// The last error, while failing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// False when the stream has made no progress for `FEED_STALE_AFTER`.
+    pub healthy: bool,
+}
+
+/// A change stream without progress for this long is reported unhealthy
+/// (`/readyz` answers 503): several server-side await periods and a
+/// reconnect or two, well below the time a stale cache is noticed by users.
+pub const FEED_STALE_AFTER: Duration = Duration::from_secs(30);
 
 /// The storage facade. Cheap to clone; all clones share one backend, which
 /// is how several server instances in one process share one store in tests.
@@ -330,7 +444,7 @@ impl Store {
             inner: Arc::new(Inner {
                 backend,
                 changes,
-                fail_after: AtomicUsize::new(0),
+                fault: Mutex::new(None),
                 metrics: None,
             }),
         }
@@ -379,10 +493,7 @@ impl Store {
     /// through the change stream, like changes made by other instances).
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<u64>, StorageError> {
         let start = Instant::now();
-        let fail_after = match self.inner.fail_after.swap(0, Ordering::SeqCst) {
-            0 => None,
-            n => Some(n),
-        };
+        let fail_after = self.take_fault(&ops);
         let versions = match &self.inner.backend {
             Backend::Embedded(b) => {
                 let versions = b.commit(ops.clone(), fail_after).await?;
@@ -433,9 +544,59 @@ impl Store {
     /// Test fault point: make the next commit fail after applying `ops` of
     /// its operations, as a crash or a lost connection would. The
     /// conformance suite uses it to prove that commits are all-or-nothing.
+    /// `ops = 0` disarms.
     #[doc(hidden)]
     pub fn fail_next_commit_after(&self, ops: usize) {
-        self.inner.fail_after.store(ops, Ordering::SeqCst);
+        self.arm(Fault {
+            target: None,
+            after: ops,
+        });
+    }
+
+    /// Test fault point for one commit only: the next commit with an
+    /// operation on `table`/`key` fails after `ops` of its operations;
+    /// other commits (presence heartbeats, status writes) pass untouched.
+    #[doc(hidden)]
+    pub fn fail_commit_touching(&self, table: Table, key: &str, ops: usize) {
+        self.arm(Fault {
+            target: Some((table, key.to_string())),
+            after: ops,
+        });
+    }
+
+    fn arm(&self, fault: Fault) {
+        if let Ok(mut f) = self.inner.fault.lock() {
+            *f = (fault.after > 0).then_some(fault);
+        }
+    }
+
+    /// The op index at which this commit must fail, disarming the fault.
+    fn take_fault(&self, ops: &[Op]) -> Option<usize> {
+        let mut armed = self.inner.fault.lock().ok()?;
+        if !armed.as_ref()?.selects(ops) {
+            return None;
+        }
+        armed.take().map(|f| f.after)
+    }
+
+    /// Health of the change stream (MongoDB; None for the embedded store,
+    /// whose feed is in-process and cannot stall).
+    pub fn feed_health(&self) -> Option<FeedHealth> {
+        match &self.inner.backend {
+            Backend::Embedded(_) => None,
+            Backend::Mongo(b) => Some(b.feed_health()),
+        }
+    }
+
+    /// How many operations a caller that batches independent writes (the
+    /// status writer) should put in one commit: every MongoDB op is network
+    /// work inside one transaction, and a conflict on any record redoes the
+    /// whole batch, so batches are smaller there than on redb.
+    pub fn batch_hint(&self) -> usize {
+        match &self.inner.backend {
+            Backend::Embedded(_) => 1024,
+            Backend::Mongo(_) => mongo::BATCH_HINT,
+        }
     }
 
     fn observe(&self, op: &'static str, start: Instant) {
@@ -443,6 +604,19 @@ impl Store {
             m.observe_storage(op, start.elapsed());
         }
     }
+}
+
+/// Problems of a MongoDB connection string for `check-config`: options
+/// LinkMesh sets itself (see the MongoDB section of the README), refused
+/// rather than silently replaced.
+pub fn mongodb_uri_problems(uri: &str) -> Vec<String> {
+    mongo::uri_problems(uri)
+}
+
+/// Check `database.tls_ca_file` as the MongoDB driver will read it (it
+/// drops what it cannot parse without a word).
+pub fn check_mongodb_ca_file(path: &Path) -> Result<(), String> {
+    mongo::ca_file_problem(path).map(|_| ())
 }
 
 /// Whether `expect` holds for a record at `current` (None = absent); the
@@ -492,6 +666,47 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn prefix_successor_is_a_true_upper_bound() {
+        assert_eq!(prefix_successor("a/").as_deref(), Some("a0"));
+        assert_eq!(prefix_successor("").as_deref(), None);
+        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("\u{10FFFF}\u{10FFFF}").as_deref(), None);
+        assert_eq!(prefix_successor("x\u{D7FF}").as_deref(), Some("x\u{E000}"));
+        assert_eq!(prefix_successor("é").as_deref(), Some("ê"));
+        let upper = prefix_successor("a/").unwrap();
+        for key in ["a/", "a/1", "a/\u{FFFF}", "a/\u{10FFFF}", "a/\u{10FFFF}zz", "a/東京"] {
+            assert!(key >= "a/" && key < upper.as_str(), "{key}");
+        }
+        for key in ["a", "a.", "a0", "b/1"] {
+            assert!(!(key >= "a/" && key < upper.as_str()), "{key}");
+        }
+    }
+
+    #[test]
+    fn scan_bounds_clamp_the_cursor() {
+        let s = |after: Option<&str>, reverse| Scan {
+            prefix: "a/".into(),
+            after: after.map(String::from),
+            limit: 0,
+            reverse,
+        };
+        let inc = |k: &str| Bound::Included(k.to_string());
+        let exc = |k: &str| Bound::Excluded(k.to_string());
+        assert_eq!(s(None, false).bounds(), Some((inc("a/"), exc("a0"))));
+        assert_eq!(s(Some("a/5"), false).bounds(), Some((exc("a/5"), exc("a0"))));
+        assert_eq!(s(Some("a/5"), true).bounds(), Some((inc("a/"), exc("a/5"))));
+        // Outside the range: clamped, or empty.
+        assert_eq!(s(Some("0"), false).bounds(), Some((inc("a/"), exc("a0"))));
+        assert_eq!(s(Some("b"), true).bounds(), Some((inc("a/"), exc("a0"))));
+        assert_eq!(s(Some("b"), false).bounds(), None);
+        assert_eq!(s(Some("a0"), false).bounds(), None);
+        assert_eq!(s(Some("0"), true).bounds(), None);
+        assert_eq!(s(Some("a/"), true).bounds(), None);
+        let all = Scan::default();
+        assert_eq!(all.bounds(), Some((inc(""), Bound::Unbounded)));
+    }
 
     #[tokio::test]
     async fn a_resync_reaches_subscribers_as_lagged() {
