@@ -11,6 +11,7 @@ pub mod extract;
 mod fleet;
 mod health;
 pub mod ratelimit;
+mod routing;
 mod tokens;
 mod users;
 
@@ -98,6 +99,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(canvas::routes())
         .merge(fleet::routes())
         .merge(configstore::routes())
+        .merge(routing::routes())
         .merge(crate::transport::routes(crate::transport::OpampState {
             fleet: state.fleet.clone(),
             max_request_bytes: state.max_request_bytes,

@@ -236,6 +236,12 @@ pub struct ConfigStoreConfig {
     /// How long one `validate` run may take before the commit is refused.
     #[serde(default = "default_collector_validator_timeout", with = "humantime_serde")]
     pub collector_validator_timeout: Duration,
+    /// Let editors publish route drafts from the routing canvas as commits
+    /// on `branch`. Only for a local repository; off by default, because a
+    /// server that writes to the repository it serves is a choice to make
+    /// deliberately.
+    #[serde(default)]
+    pub allow_publish: bool,
 }
 
 fn default_branch() -> String {

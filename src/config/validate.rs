@@ -104,6 +104,12 @@ pub(super) fn resolve_and_validate(config: &mut Config, errors: &mut Vec<ConfigE
                 "must be greater than 0",
             ));
         }
+        if cs.allow_publish && crate::configstore::publish::is_remote_url(&cs.url) {
+            errors.push(ConfigError::new(
+                "config_store.allow_publish",
+                "publishing needs a local repository (a path or file:// URL); for a remote one, download drafts as patches",
+            ));
+        }
     }
 
     if config.fleet.liveness_timeout < std::time::Duration::from_secs(1) {

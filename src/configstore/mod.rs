@@ -11,7 +11,9 @@
 //! rules), `collector` (every distinct render checked by a real collector
 //! binary, when configured), `render` + `yaml` (deterministic collector YAML), `git` (gix: read
 //! a commit, fetch a mirror), `watch` (notify on a local repository),
-//! `store` (the running store: reload loop, status, snapshot swap).
+//! `store` (the running store: reload loop, status, snapshot swap),
+//! `draft` + `publish` (route drafts from the routing canvas: impact
+//! preview, then a commit on a local repository or a patch).
 //!
 //! It must not touch storage, sessions or the network beyond the config
 //! repository; the fleet module subscribes to snapshots and pushes.
@@ -19,8 +21,10 @@
 
 mod catalogue;
 mod collector;
+pub mod draft;
 mod git;
 mod parse;
+pub mod publish;
 mod render;
 mod schema;
 mod selector;

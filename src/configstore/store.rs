@@ -130,6 +130,7 @@ struct Source {
     branch: String,
     dir: Option<String>,
     credentials_file: Option<PathBuf>,
+    allow_publish: bool,
 }
 
 struct Tasks(Mutex<Vec<JoinHandle<()>>>);
@@ -182,6 +183,7 @@ impl ConfigStoreHandle {
             branch: cfg.branch.clone(),
             dir: cfg.dir.clone(),
             credentials_file: cfg.credentials_file.clone(),
+            allow_publish: cfg.allow_publish,
         };
         // Fail start-up on what an operator must fix: a path that is no git
         // repository, a mirror directory we cannot create.
@@ -256,6 +258,19 @@ impl ConfigStoreHandle {
     /// fetch and repository errors.
     pub fn status(&self) -> StoreStatus {
         lock(&self.shared.status).clone()
+    }
+
+    /// Where the served commits come from, for route drafts
+    /// (`super::publish`).
+    pub(super) fn repository(&self) -> super::publish::Repository {
+        let src = &self.shared.source;
+        super::publish::Repository {
+            path: src.repo_path.clone(),
+            local: matches!(src.location, Location::Local(_)),
+            branch: src.branch.clone(),
+            dir: src.dir.clone(),
+            allow_publish: src.allow_publish,
+        }
     }
 
     /// Check the repository now (fetch a remote) instead of at the next

@@ -1,12 +1,16 @@
 //! The routing canvas: one JSON document the UI edits, saved with
-//! optimistic concurrency (two editors never silently overwrite each other).
+//! optimistic concurrency (two editors never silently overwrite each other),
+//! and the collectors a route draft's impact is computed for.
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{conflict_as, Actor, Canvas, Domain, DomainError, Role};
+use std::collections::BTreeSet;
+
+use super::{conflict_as, Actor, Canvas, Collector, ConfigAssignment, Domain, DomainError, Role, DEFAULT_ASSIGNMENT};
 use crate::clock::Timestamp;
-use crate::storage::{Expect, Op};
+use crate::configstore::draft::Target;
+use crate::storage::{Expect, Op, Record, Scan};
 
 const CANVAS_KEY: &str = "default";
 /// Largest canvas document accepted, serialized.
@@ -86,5 +90,57 @@ impl Domain {
             updated_at: Some(canvas.updated_at),
             updated_by: Some(canvas.updated_by),
         })
+    }
+}
+
+/// Rows per storage read when walking a whole table.
+const SCAN_BATCH: usize = 1000;
+
+impl Domain {
+    /// Every registered collector with its labels and whether a config is
+    /// pinned to it: what route match counts and a draft's impact are
+    /// computed over (viewer: the same facts the collectors list shows).
+    pub async fn route_targets(&self, actor: &Actor) -> Result<Vec<Target>, DomainError> {
+        actor.require(Role::Viewer)?;
+        let pinned: BTreeSet<String> = self
+            .scan_all::<ConfigAssignment>()
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|k| k != DEFAULT_ASSIGNMENT)
+            .collect();
+        Ok(self
+            .scan_all::<Collector>()
+            .await?
+            .into_iter()
+            .map(|(_, c)| Target {
+                pinned: pinned.contains(&c.id),
+                id: c.id,
+                name: c.name,
+                labels: c.labels,
+            })
+            .collect())
+    }
+
+    /// A whole table, in key order, read in batches.
+    async fn scan_all<T: Record>(&self) -> Result<Vec<(String, T)>, DomainError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let batch = self
+                .store
+                .scan::<T>(Scan {
+                    after: after.clone(),
+                    limit: SCAN_BATCH,
+                    ..Default::default()
+                })
+                .await?;
+            let done = batch.len() < SCAN_BATCH;
+            after = batch.last().map(|r| r.key.clone());
+            out.extend(batch.into_iter().map(|r| (r.key, r.value)));
+            if done {
+                return Ok(out);
+            }
+        }
     }
 }

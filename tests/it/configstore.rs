@@ -33,7 +33,7 @@ impl GitRepo {
         r
     }
 
-    fn git(&self, args: &[&str]) -> String {
+    pub fn git(&self, args: &[&str]) -> String {
         git_in(&self.dir, args)
     }
 
@@ -116,6 +116,7 @@ pub fn store_config(url: &str) -> ConfigStoreConfig {
         credentials_file: None,
         collector_validator: None,
         collector_validator_timeout: Duration::from_secs(10),
+        allow_publish: false,
     }
 }
 

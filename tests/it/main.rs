@@ -12,6 +12,7 @@ mod fleet_config;
 mod interop;
 mod mtls;
 mod protocol;
+mod routing;
 mod support;
 mod telemetry;
 mod tls;
