@@ -83,7 +83,13 @@ fn store(s: &AppState) -> Result<&ConfigStoreHandle, ApiError> {
     })
 }
 
-fn problem(status: StatusCode, slug: &str, detail: String, errors: Vec<ValidationError>, current: Option<String>) -> Response {
+fn problem(
+    status: StatusCode,
+    slug: &str,
+    detail: String,
+    errors: Vec<ValidationError>,
+    current: Option<String>,
+) -> Response {
     let body = DraftProblem {
         problem: Problem {
             kind: format!("urn:linkmesh:problem:{slug}"),
@@ -105,7 +111,13 @@ fn draft_error(e: DraftError) -> (Response, &'static str) {
     let detail = e.to_string();
     match e {
         DraftError::UnknownBase(_) => (
-            problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown-base-commit", detail, Vec::new(), None),
+            problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-base-commit",
+                detail,
+                Vec::new(),
+                None,
+            ),
             "invalid",
         ),
         DraftError::Invalid(errors) => (
@@ -113,7 +125,13 @@ fn draft_error(e: DraftError) -> (Response, &'static str) {
             "invalid",
         ),
         DraftError::Empty => (
-            problem(StatusCode::UNPROCESSABLE_ENTITY, "empty-draft", detail, Vec::new(), None),
+            problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "empty-draft",
+                detail,
+                Vec::new(),
+                None,
+            ),
             "invalid",
         ),
         DraftError::Moved { current, .. } => (
@@ -266,7 +284,10 @@ async fn patch(
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/x-patch; charset=utf-8"),
-                    (header::CONTENT_DISPOSITION, "attachment; filename=\"routes-draft.patch\""),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"routes-draft.patch\"",
+                    ),
                 ],
                 text,
             )

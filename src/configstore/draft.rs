@@ -91,20 +91,31 @@ pub fn apply(
             continue;
         }
         if !seen.insert(name.to_string()) {
-            errors.push(ValidationError::new("", key, "changed twice in one draft; send one change per route"));
+            errors.push(ValidationError::new(
+                "",
+                key,
+                "changed twice in one draft; send one change per route",
+            ));
             continue;
         }
         let existing = base.and_then(|b| b.routes.get(name));
         let file = match (c, existing) {
             (RouteChange::Remove { .. }, None) => {
-                errors.push(ValidationError::new("", key, format!("there is no route {name:?} to remove")));
+                errors.push(ValidationError::new(
+                    "",
+                    key,
+                    format!("there is no route {name:?} to remove"),
+                ));
                 continue;
             }
             (RouteChange::Set { file: Some(f), .. }, Some(r)) if *f != r.file => {
                 errors.push(ValidationError::new(
                     f.as_str(),
                     key,
-                    format!("route {name:?} is defined in {}; a draft does not move routes between files", r.file),
+                    format!(
+                        "route {name:?} is defined in {}; a draft does not move routes between files",
+                        r.file
+                    ),
                 ));
                 continue;
             }
@@ -133,7 +144,11 @@ pub fn apply(
         let mut doc = match before.as_deref().unwrap_or("").parse::<DocumentMut>() {
             Ok(d) => d,
             Err(e) => {
-                errors.push(ValidationError::new(&path, "", format!("TOML syntax: {}", e.message().trim_end())));
+                errors.push(ValidationError::new(
+                    &path,
+                    "",
+                    format!("TOML syntax: {}", e.message().trim_end()),
+                ));
                 continue;
             }
         };
@@ -201,7 +216,10 @@ fn edit(doc: &mut DocumentMut, path: &str, c: &RouteChange, base: Option<&Resour
     let shape_err = || ValidationError::new(path, "routes", "expected a table of named routes");
     match c {
         RouteChange::Remove { .. } => {
-            let routes = doc.get_mut("routes").and_then(Item::as_table_like_mut).ok_or_else(shape_err)?;
+            let routes = doc
+                .get_mut("routes")
+                .and_then(Item::as_table_like_mut)
+                .ok_or_else(shape_err)?;
             routes.remove(name);
             Ok(())
         }
@@ -213,7 +231,10 @@ fn edit(doc: &mut DocumentMut, path: &str, c: &RouteChange, base: Option<&Resour
                 t.set_implicit(true);
                 doc.insert("routes", Item::Table(t));
             }
-            let routes = doc.get_mut("routes").and_then(Item::as_table_like_mut).ok_or_else(shape_err)?;
+            let routes = doc
+                .get_mut("routes")
+                .and_then(Item::as_table_like_mut)
+                .ok_or_else(shape_err)?;
             match (old, routes.get_mut(name).and_then(Item::as_table_like_mut)) {
                 (Some(old), Some(table)) => {
                     update(table, old, route);
@@ -308,7 +329,11 @@ fn selector_item(s: &Selector) -> Option<Item> {
     let mut sel = InlineTable::new();
     sel.set_dotted(true);
     if !s.match_labels.is_empty() {
-        let labels: InlineTable = s.match_labels.iter().map(|(k, v)| (k.as_str(), Value::from(v.as_str()))).collect();
+        let labels: InlineTable = s
+            .match_labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), Value::from(v.as_str())))
+            .collect();
         sel.insert("match_labels", Value::InlineTable(labels));
     }
     if !s.match_expressions.is_empty() {
@@ -705,7 +730,10 @@ values = ["linux"]
             Some(&b),
             &[
                 RouteChange::Remove { name: "apps".into() },
-                set("db-hosts", route("priority = 5\npipelines = [\"host\"]\nselector.match_labels = { role = \"db\" }\n")),
+                set(
+                    "db-hosts",
+                    route("priority = 5\npipelines = [\"host\"]\nselector.match_labels = { role = \"db\" }\n"),
+                ),
                 RouteChange::Set {
                     name: "edge".into(),
                     route: route("pipelines = [\"app\"]\n"),
@@ -783,11 +811,11 @@ values = ["linux"]
         let applied = apply(&files(), Some(&b), &[set("apps", r)]).unwrap();
         let draft = applied.result.unwrap();
         let targets = [
-            target("1", &[("role", "app")], false),          // loses app
-            target("2", &[("role", "web")], false),          // gains app
+            target("1", &[("role", "app")], false),                  // loses app
+            target("2", &[("role", "web")], false),                  // gains app
             target("3", &[("role", "web"), ("os", "linux")], false), // gains app
-            target("4", &[("os", "linux")], false),          // unchanged
-            target("5", &[("role", "web")], true),           // pinned
+            target("4", &[("os", "linux")], false),                  // unchanged
+            target("5", &[("role", "web")], true),                   // pinned
         ];
         let imp = impact(&b, &draft, "abc", &targets, Some("3"));
         let ids: Vec<&str> = imp.affected.iter().map(|a| a.id.as_str()).collect();

@@ -257,7 +257,12 @@ impl ConfigStoreHandle {
     /// Apply a draft to its base and say what it would do to `targets`
     /// (every registered collector); `focus` picks the collector of the
     /// render diff.
-    pub async fn preview(&self, draft: Draft, targets: Vec<Target>, focus: Option<String>) -> Result<Preview, DraftError> {
+    pub async fn preview(
+        &self,
+        draft: Draft,
+        targets: Vec<Target>,
+        focus: Option<String>,
+    ) -> Result<Preview, DraftError> {
         let repo = self.repository();
         let serving = self.current().map(|s| s.revision.commit.clone());
         let publish = self.publish_mode();
@@ -271,7 +276,13 @@ impl ConfigStoreHandle {
                 Ok(after) => (
                     true,
                     Vec::new(),
-                    Some(draft::impact(before, after, &checked.base.revision.commit, &targets, focus.as_deref())),
+                    Some(draft::impact(
+                        before,
+                        after,
+                        &checked.base.revision.commit,
+                        &targets,
+                        focus.as_deref(),
+                    )),
                 ),
                 Err(e) => (false, e.clone(), None),
             };
@@ -305,21 +316,34 @@ impl ConfigStoreHandle {
             return Err(DraftError::NotAllowed(reason));
         }
         let repo = self.repository();
-        let published = tokio::task::spawn_blocking(move || commit(&repo, &draft, &author, &committer, msg.as_deref(), at))
-            .await
-            .map_err(task_err)??;
+        let published =
+            tokio::task::spawn_blocking(move || commit(&repo, &draft, &author, &committer, msg.as_deref(), at))
+                .await
+                .map_err(task_err)??;
         // The watcher sees the ref change too; this makes it immediate.
         self.refresh();
         Ok(published)
     }
 
     /// A valid draft as a `git am`-able patch (mbox, one commit).
-    pub async fn patch(&self, draft: Draft, author: Author, msg: Option<String>, at: Timestamp) -> Result<String, DraftError> {
+    pub async fn patch(
+        &self,
+        draft: Draft,
+        author: Author,
+        msg: Option<String>,
+        at: Timestamp,
+    ) -> Result<String, DraftError> {
         let repo = self.repository();
         tokio::task::spawn_blocking(move || {
             let checked = check(&repo, &draft)?;
             valid_edits(&checked)?;
-            Ok(format_patch(&repo, &checked, &author, &message(&draft, msg.as_deref()), at))
+            Ok(format_patch(
+                &repo,
+                &checked,
+                &author,
+                &message(&draft, msg.as_deref()),
+                at,
+            ))
         })
         .await
         .map_err(task_err)?

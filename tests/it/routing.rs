@@ -32,13 +32,22 @@ fn label_sets() -> Vec<std::collections::BTreeMap<String, String>> {
 fn bare_repo(dir: &Path) -> (GitRepo, PathBuf, String) {
     let (work, first) = example_repo(&dir.join("work"));
     let bare = dir.join("fleet.git");
-    work.git(&["clone", "-q", "--bare", work.dir.to_str().unwrap(), bare.to_str().unwrap()]);
+    work.git(&[
+        "clone",
+        "-q",
+        "--bare",
+        work.dir.to_str().unwrap(),
+        bare.to_str().unwrap(),
+    ]);
     work.git(&["remote", "add", "origin", bare.to_str().unwrap()]);
     (work, bare, first)
 }
 
 fn git_at(repo: &Path, args: &[&str]) -> String {
-    GitRepo { dir: repo.to_path_buf() }.git(args)
+    GitRepo {
+        dir: repo.to_path_buf(),
+    }
+    .git(args)
 }
 
 struct Fleet {
@@ -135,7 +144,13 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
     assert_eq!(g["revision"]["commit"], first);
     assert_eq!(g["publish"]["allowed"], true, "{g}");
     let count = |name: &str| {
-        g["graph"]["routes"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["matched"].clone()
+        g["graph"]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()["matched"]
+            .clone()
     };
     assert_eq!(count("applications"), 2, "kind 0 only: {g}");
     assert_eq!(count("linux-hosts"), 4, "kinds 0 and 1: {g}");
@@ -146,7 +161,12 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
 
     let stats = f.sim.stats();
     let before: Vec<(Option<String>, u64)> = stats.iter().map(|s| (s.config_hash.clone(), s.received)).collect();
-    let kind1: Vec<String> = stats.iter().skip(1).step_by(5).map(|s| s.collector_id.clone()).collect();
+    let kind1: Vec<String> = stats
+        .iter()
+        .skip(1)
+        .step_by(5)
+        .map(|s| s.collector_id.clone())
+        .collect();
 
     // The preview names exactly the dev web hosts, and shows both diffs.
     let change = widen_applications(&g);
@@ -157,8 +177,12 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
     assert_eq!(p["stale"], false);
     let impact = &p["impact"];
     assert_eq!(impact["affected_count"], 2, "{impact}");
-    let mut ids: Vec<String> =
-        impact["affected"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    let mut ids: Vec<String> = impact["affected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
     ids.sort();
     let mut expected = kind1.clone();
     expected.sort();
@@ -171,9 +195,18 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
     assert_eq!(files[0]["file"], "routes.toml");
     let toml_diff = files[0]["diff"].as_str().unwrap();
     assert!(toml_diff.contains("-values = [\"dev\"]"), "{toml_diff}");
-    assert!(!toml_diff.contains("canaries"), "only the changed route's lines: {toml_diff}");
-    let apps = impact["routes"].as_array().unwrap().iter().find(|r| r["name"] == "applications").unwrap();
-    assert_eq!((apps["before"].clone(), apps["after"].clone()), (json!(2), json!(4)));
+    assert!(
+        !toml_diff.contains("canaries"),
+        "only the changed route's lines: {toml_diff}"
+    );
+    let apps = impact["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "applications")
+        .unwrap();
+    // Selector matches, final routes aside: the canaries (role=app) count.
+    assert_eq!((apps["before"].clone(), apps["after"].clone()), (json!(2), json!(6)));
 
     // Publish: a commit by the editor, served, pushed to the two only.
     let (status, published) = post(
@@ -205,10 +238,17 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let now = f.sim.stats();
-        if now.iter().enumerate().all(|(i, s)| !affected(i) || s.received > before[i].1) {
+        if now
+            .iter()
+            .enumerate()
+            .all(|(i, s)| !affected(i) || s.received > before[i].1)
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the affected collectors never got the new config");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the affected collectors never got the new config"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let preview_hash = |labels| async move {
@@ -228,9 +268,16 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
     for (i, s) in f.sim.stats().iter().enumerate() {
         if affected(i) {
             assert_eq!(s.config_hash.as_deref(), Some(web_dev.as_str()), "collector {i}");
-            assert!(s.config_body.as_deref().unwrap().contains(&commit), "collector {i} names the commit");
+            assert!(
+                s.config_body.as_deref().unwrap().contains(&commit),
+                "collector {i} names the commit"
+            );
         } else {
-            assert_eq!((s.config_hash.clone(), s.received), before[i], "collector {i} was pushed a config");
+            assert_eq!(
+                (s.config_hash.clone(), s.received),
+                before[i],
+                "collector {i} was pushed a config"
+            );
         }
     }
 
@@ -245,7 +292,11 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
         .await
         .unwrap();
     let e = &audit["items"][0];
-    assert_eq!((e["actor"].as_str(), e["target"].as_str(), e["outcome"].as_str()), (Some("user:erin"), Some(commit.as_str()), Some("ok")), "{audit}");
+    assert_eq!(
+        (e["actor"].as_str(), e["target"].as_str(), e["outcome"].as_str()),
+        (Some("user:erin"), Some(commit.as_str()), Some("ok")),
+        "{audit}"
+    );
     f.sim.stop();
     f.server.stop().await;
 }
@@ -284,7 +335,11 @@ async fn a_moved_branch_is_a_conflict_and_nothing_is_written() {
         &json!({"base_commit": served["commit"], "changes": body["changes"]}),
     )
     .await;
-    assert_eq!((status, p["valid"].clone(), p["stale"].clone()), (200, json!(true), json!(false)), "{p}");
+    assert_eq!(
+        (status, p["valid"].clone(), p["stale"].clone()),
+        (200, json!(true), json!(false)),
+        "{p}"
+    );
     // A stale base previews (flagged) but is not published.
     let (_, p) = post(&f.editor, format!("{base}/api/v1/routing/drafts/preview"), &body).await;
     assert_eq!(p["stale"], true, "{p}");
@@ -308,11 +363,20 @@ async fn publishing_off_refuses_clearly_and_the_patch_applies_with_git_am() {
     let base = &f.server.base;
     let g = get_json(base, &f.token, "/api/v1/routing").await;
     assert_eq!(g["publish"]["allowed"], false);
-    assert!(g["publish"]["reason"].as_str().unwrap().contains("allow_publish"), "{g}");
+    assert!(
+        g["publish"]["reason"].as_str().unwrap().contains("allow_publish"),
+        "{g}"
+    );
     let body = json!({"base_commit": first, "changes": [widen_applications(&g)], "message": "Widen applications"});
     let (status, problem) = post(&f.editor, format!("{base}/api/v1/routing/drafts/publish"), &body).await;
     assert_eq!(status, 403, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("config_store.allow_publish"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("config_store.allow_publish"),
+        "{problem}"
+    );
     assert_eq!(git_at(&bare, &["rev-parse", "main"]), first, "nothing committed");
 
     let r = f
@@ -323,7 +387,10 @@ async fn publishing_off_refuses_clearly_and_the_patch_applies_with_git_am() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-disposition"].to_str().unwrap().contains("routes-draft.patch"));
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("routes-draft.patch"));
     let patch = r.text().await.unwrap();
     let file = dir.path().join("draft.patch");
     std::fs::write(&file, &patch).unwrap();
@@ -362,7 +429,11 @@ async fn invalid_drafts_name_file_and_key_and_a_checked_out_branch_is_refused() 
     assert_eq!(status, 200, "{p}");
     assert_eq!(p["valid"], false);
     let e = &p["errors"][0];
-    assert_eq!((e["file"].as_str(), e["key"].as_str()), (Some("routes.toml"), Some("routes.applications.pipelines[1]")), "{p}");
+    assert_eq!(
+        (e["file"].as_str(), e["key"].as_str()),
+        (Some("routes.toml"), Some("routes.applications.pipelines[1]")),
+        "{p}"
+    );
     assert!(e["message"].as_str().unwrap().contains("no-such-pipeline"), "{p}");
     let (status, p) = post(&admin, format!("{base}/api/v1/routing/drafts/publish"), &bad).await;
     assert_eq!(status, 422, "{p}");
