@@ -40,7 +40,7 @@ TOML
   for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
   curl -sf -c "$work/cookies" -H 'content-type: application/json' \
     -d "{\"username\":\"admin\",\"password\":\"$pw\"}" http://127.0.0.1:18080/api/v1/auth/login >/dev/null
-  token=$(curl -sf -b "$work/cookies" -H 'content-type: application/json' -d '{"name":"bench"}' \
+  token=$(curl -sf -b "$work/cookies" -H 'origin: http://127.0.0.1:18080' -H 'content-type: application/json' -d '{"name":"bench"}' \
     http://127.0.0.1:18080/api/v1/api-tokens | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 }
 

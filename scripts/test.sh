@@ -40,6 +40,13 @@ if [ -z "${LINKMESH_TEST_MONGODB_URI:-}" ] && ! command -v mongod >/dev/null; th
 fi
 cargo nextest run --locked --no-fail-fast
 
+step "Web console browser tests (Debian chromium; npm playwright-core and axe-core)"
+command -v chromium >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+cargo build --bins --locked
+(cd tests/ui && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
 if [ -f nix/check.sh ]; then
   step "Nix checks"
   bash nix/check.sh

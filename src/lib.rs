@@ -16,6 +16,7 @@ pub mod storage;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod ui;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -177,6 +178,7 @@ pub async fn run_with_store(
         metrics_enabled: config.telemetry.metrics,
         instance: instance.clone(),
         cookie_secure: config.cookie_secure(),
+        public_url: config.server.public_url.clone(),
         session_ttl: config.auth.session_ttl,
         config_store: config_store.clone(),
         limits: api::ratelimit::Limits {

@@ -57,12 +57,7 @@ async fn login(
         return Ok(limited.into_response());
     }
     let r = s.domain.login(&req.username, &req.password).await?;
-    let max_age = s.session_ttl.as_secs();
-    let secure = if s.cookie_secure { "; Secure" } else { "" };
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
-        r.cookie
-    );
+    let cookie = session_cookie(&s, &r.cookie);
     let mut resp = Json(Me {
         username: Some(r.username.clone()),
         role: Some(r.role),
@@ -81,8 +76,19 @@ async fn logout(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Re
     if let Some(c) = cookie_value(&headers, SESSION_COOKIE) {
         s.domain.logout(c).await?;
     }
-    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear_session_cookie())]).into_response())
+}
+
+/// The `Set-Cookie` value of a new login session (API and console).
+pub(crate) fn session_cookie(s: &AppState, value: &str) -> String {
+    let max_age = s.session_ttl.as_secs();
+    let secure = if s.cookie_secure { "; Secure" } else { "" };
+    format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
+}
+
+/// The `Set-Cookie` value that ends the session cookie.
+pub(crate) fn clear_session_cookie() -> String {
+    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
 /// The authenticated caller.

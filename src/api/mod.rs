@@ -2,7 +2,7 @@
 //! OpenAPI document. Handlers are thin: extract, call `crate::domain`, map
 //! the error. They never touch the store directly.
 
-mod auth;
+pub(crate) mod auth;
 mod canvas;
 mod collectors;
 mod configstore;
@@ -12,6 +12,7 @@ mod fleet;
 mod health;
 pub mod ratelimit;
 mod routing;
+mod security;
 mod tokens;
 mod users;
 
@@ -43,6 +44,9 @@ pub struct AppState {
     pub metrics_enabled: bool,
     pub instance: String,
     pub cookie_secure: bool,
+    /// `server.public_url`: snippets in the console, and an Origin the CSRF
+    /// check accepts besides the addressed host.
+    pub public_url: Option<String>,
     pub session_ttl: Duration,
     /// The fleet config store, when `[config_store]` is set.
     pub config_store: Option<ConfigStoreHandle>,
@@ -109,10 +113,13 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
     let json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());
     let _ = state.openapi_json.set(json);
     router
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), security::origin_check))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(security::headers))
         .with_state(state)
 }
 

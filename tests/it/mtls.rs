@@ -133,6 +133,11 @@ async fn client_certificates_identify_collectors() {
         .add_root_certificate(reqwest::Certificate::from_pem(server_ca.pem.as_bytes()).unwrap())
         .resolve("localhost", web_addr)
         .cookie_store(true)
+        .default_headers(
+            [(reqwest::header::ORIGIN, format!("https://localhost:{}", web_addr.port()).parse().unwrap())]
+                .into_iter()
+                .collect(),
+        )
         .build()
         .unwrap();
     let base = format!("https://localhost:{}", web_addr.port());

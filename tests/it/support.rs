@@ -122,7 +122,15 @@ pub async fn wait_ready(base: &str) {
 
 /// A client with a cookie jar, logged in as `user`.
 pub async fn login(base: &str, user: &str, password: &str) -> reqwest::Client {
-    let client = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    // Like a browser, the session client names its origin: cookie-
+    // authenticated mutations without one are refused (CSRF check).
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::ORIGIN, base.parse().unwrap());
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let r = client
         .post(format!("{base}/api/v1/auth/login"))
         .json(&json!({ "username": user, "password": password }))

@@ -1,0 +1,170 @@
+//! The overview: fleet counts, the served config commit and whether the
+//! last commit was refused, and which instance holds how many collectors.
+//! Live through `/events/overview` (SSE).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::Html;
+use axum::routing::get;
+use axum::Router;
+use futures::Stream;
+
+use super::layout::{render, Layout, UiError, Viewer};
+use super::view::{short_commit, TimeView};
+use crate::api::AppState;
+use crate::configstore::ValidationError;
+use crate::fleet::views::FleetSummary;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(page))
+        .route("/events/overview", get(events))
+}
+
+/// How often a live page's data is recomputed; an update is sent only when
+/// something changed, so a browser gets at most one per period.
+pub const LIVE_PERIOD: Duration = Duration::from_secs(1);
+
+/// The served commit and the refused one, if the last attempt failed.
+pub struct ConfigState {
+    pub configured: bool,
+    pub commit: String,
+    pub message: String,
+    pub author: String,
+    pub time: Option<TimeView>,
+    pub refused: Option<(String, Vec<ValidationError>)>,
+    pub repository_error: Option<String>,
+}
+
+pub fn config_state(s: &AppState) -> ConfigState {
+    let Some(cs) = &s.config_store else {
+        return ConfigState {
+            configured: false,
+            commit: String::new(),
+            message: String::new(),
+            author: String::new(),
+            time: None,
+            refused: None,
+            repository_error: None,
+        };
+    };
+    let st = cs.status();
+    let refused = st
+        .last_attempt
+        .as_ref()
+        .filter(|a| !a.valid)
+        .map(|a| (short_commit(&a.revision.commit), a.errors.clone()));
+    let (commit, message, author, time) = match &st.serving {
+        Some(r) => (
+            short_commit(&r.commit),
+            r.message.clone(),
+            r.author.clone(),
+            Some(TimeView::new(r.time)),
+        ),
+        None => (String::new(), String::new(), String::new(), None),
+    };
+    ConfigState {
+        configured: true,
+        commit,
+        message,
+        author,
+        time,
+        refused,
+        repository_error: st.repository_error,
+    }
+}
+
+/// The live values of the page, by `data-key`.
+fn live_values(sum: &FleetSummary, cfg: &ConfigState) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("total".into(), sum.total.to_string());
+    m.insert("connected".into(), sum.connected.to_string());
+    m.insert("disconnected".into(), sum.disconnected.to_string());
+    for k in HEALTH {
+        m.insert(format!("health.{k}"), sum.health.get(*k).copied().unwrap_or(0).to_string());
+    }
+    for k in CONFIG {
+        m.insert(format!("config.{k}"), sum.config.get(*k).copied().unwrap_or(0).to_string());
+    }
+    for (i, n) in &sum.instances {
+        m.insert(format!("instance.{i}"), n.to_string());
+    }
+    m.insert("commit".into(), cfg.commit.clone());
+    m.insert(
+        "refused".into(),
+        cfg.refused.as_ref().map(|(c, _)| c.clone()).unwrap_or_default(),
+    );
+    m
+}
+
+const HEALTH: &[&str] = &["healthy", "unhealthy", "unknown"];
+const CONFIG: &[&str] = &["applied", "applying", "pending", "failed", "none"];
+
+#[derive(askama::Template)]
+#[template(path = "overview.html")]
+struct Overview {
+    layout: Layout,
+    summary: FleetSummary,
+    health: Vec<(&'static str, u64)>,
+    config_counts: Vec<(&'static str, u64)>,
+    config: ConfigState,
+}
+
+async fn page(State(s): State<Arc<AppState>>, v: Viewer) -> Result<Html<String>, UiError> {
+    let summary = s.fleet.summary().await?;
+    let health = HEALTH.iter().map(|k| (*k, summary.health.get(*k).copied().unwrap_or(0))).collect();
+    let config_counts = CONFIG.iter().map(|k| (*k, summary.config.get(*k).copied().unwrap_or(0))).collect();
+    render(&Overview {
+        layout: v.layout("Overview", "overview"),
+        summary,
+        health,
+        config_counts,
+        config: config_state(&s),
+    })
+}
+
+/// Server-Sent Events for the overview: an `update` event with the changed
+/// values at most once per `LIVE_PERIOD`, a `reload` event when the page's
+/// shape changed (an instance appeared or left).
+async fn events(
+    State(s): State<Arc<AppState>>,
+    _v: Viewer,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures::stream::unfold((s, None::<BTreeMap<String, String>>), |(s, last)| async move {
+        loop {
+            if last.is_some() {
+                tokio::time::sleep(LIVE_PERIOD).await;
+            }
+            let Ok(sum) = s.fleet.summary().await else { continue };
+            let now = live_values(&sum, &config_state(&s));
+            let event = match &last {
+                // The page was rendered just before: only send differences.
+                None => None,
+                Some(prev) if prev == &now => None,
+                Some(prev) if prev.keys().ne(now.keys()) => Some(Event::default().event("reload").data("{}")),
+                Some(prev) => {
+                    let changed: BTreeMap<&String, &String> =
+                        now.iter().filter(|(k, v)| prev.get(*k) != Some(*v)).collect();
+                    serde_json::to_string(&changed)
+                        .ok()
+                        .map(|d| Event::default().event("update").data(d))
+                }
+            };
+            match event {
+                Some(e) => return Some((Ok(e), (s, Some(now)))),
+                None if last.is_none() => {
+                    // First round: tell the browser the stream is open.
+                    let d = serde_json::to_string(&now).unwrap_or_default();
+                    return Some((Ok(Event::default().event("update").data(d)), (s, Some(now))));
+                }
+                None => continue,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
