@@ -116,7 +116,10 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), security::origin_check))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::origin_check,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(security::headers))

@@ -11,8 +11,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::extract::{bearer_token, cookie_value, SESSION_COOKIE};
+use super::extract::{cookie_value, SESSION_COOKIE};
 use super::AppState;
+use crate::transport::bearer_token;
 
 /// No inline script or style anywhere: every script and stylesheet is an
 /// embedded asset served from this origin, so an injected `<script>` or
@@ -83,7 +84,10 @@ fn authority(url: &str) -> Option<&str> {
 fn same_origin(origin: &str, headers: &HeaderMap, public_url: Option<&str>) -> bool {
     let Some(o) = authority(origin) else { return false };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    host.is_some_and(|h| h.eq_ignore_ascii_case(o)) || public_url.and_then(authority).is_some_and(|p| p.eq_ignore_ascii_case(o))
+    host.is_some_and(|h| h.eq_ignore_ascii_case(o))
+        || public_url
+            .and_then(authority)
+            .is_some_and(|p| p.eq_ignore_ascii_case(o))
 }
 
 #[cfg(test)]
@@ -99,7 +103,11 @@ mod tests {
     #[test]
     fn origin_must_name_the_addressed_host_or_the_public_url() {
         assert!(same_origin("http://127.0.0.1:8080", &host("127.0.0.1:8080"), None));
-        assert!(same_origin("https://lm.example", &host("10.0.0.5:8080"), Some("https://lm.example/")));
+        assert!(same_origin(
+            "https://lm.example",
+            &host("10.0.0.5:8080"),
+            Some("https://lm.example/")
+        ));
         assert!(!same_origin("http://evil.example", &host("127.0.0.1:8080"), None));
         assert!(!same_origin("http://127.0.0.1:9999", &host("127.0.0.1:8080"), None));
         assert!(!same_origin("null", &host("127.0.0.1:8080"), None));

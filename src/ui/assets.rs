@@ -18,7 +18,11 @@ use crate::api::AppState;
 /// (file name, content, content type). Add a line per new file.
 const FILES: &[(&str, &[u8], &str)] = &[
     ("app.css", include_bytes!("static/app.css"), "text/css; charset=utf-8"),
-    ("app.js", include_bytes!("static/app.js"), "text/javascript; charset=utf-8"),
+    (
+        "app.js",
+        include_bytes!("static/app.js"),
+        "text/javascript; charset=utf-8",
+    ),
 ];
 
 struct Asset {

@@ -25,7 +25,12 @@ pub struct NavItem {
 }
 
 const fn nav(key: &'static str, label: &'static str, href: &'static str, group: &'static str) -> NavItem {
-    NavItem { key, label, href, group }
+    NavItem {
+        key,
+        label,
+        href,
+        group,
+    }
 }
 
 /// The navigation operators know (see the product's UI conventions):
@@ -36,7 +41,12 @@ pub const NAV: &[NavItem] = &[
     nav("config", "Config", "/config", ""),
     nav("routing", "Routing", "/routing", ""),
     nav("add", "Add collector", "/add-collector", ""),
-    nav("enrollment", "Enrollment tokens", "/settings/enrollment-tokens", "Settings"),
+    nav(
+        "enrollment",
+        "Enrollment tokens",
+        "/settings/enrollment-tokens",
+        "Settings",
+    ),
     nav("api-tokens", "API tokens", "/settings/api-tokens", "Settings"),
     nav("users", "Users", "/settings/users", "Settings"),
     nav("audit", "Audit", "/audit", ""),

@@ -86,10 +86,16 @@ fn live_values(sum: &FleetSummary, cfg: &ConfigState) -> BTreeMap<String, String
     m.insert("connected".into(), sum.connected.to_string());
     m.insert("disconnected".into(), sum.disconnected.to_string());
     for k in HEALTH {
-        m.insert(format!("health.{k}"), sum.health.get(*k).copied().unwrap_or(0).to_string());
+        m.insert(
+            format!("health.{k}"),
+            sum.health.get(*k).copied().unwrap_or(0).to_string(),
+        );
     }
     for k in CONFIG {
-        m.insert(format!("config.{k}"), sum.config.get(*k).copied().unwrap_or(0).to_string());
+        m.insert(
+            format!("config.{k}"),
+            sum.config.get(*k).copied().unwrap_or(0).to_string(),
+        );
     }
     for (i, n) in &sum.instances {
         m.insert(format!("instance.{i}"), n.to_string());
@@ -117,8 +123,14 @@ struct Overview {
 
 async fn page(State(s): State<Arc<AppState>>, v: Viewer) -> Result<Html<String>, UiError> {
     let summary = s.fleet.summary().await?;
-    let health = HEALTH.iter().map(|k| (*k, summary.health.get(*k).copied().unwrap_or(0))).collect();
-    let config_counts = CONFIG.iter().map(|k| (*k, summary.config.get(*k).copied().unwrap_or(0))).collect();
+    let health = HEALTH
+        .iter()
+        .map(|k| (*k, summary.health.get(*k).copied().unwrap_or(0)))
+        .collect();
+    let config_counts = CONFIG
+        .iter()
+        .map(|k| (*k, summary.config.get(*k).copied().unwrap_or(0)))
+        .collect();
     render(&Overview {
         layout: v.layout("Overview", "overview"),
         summary,
@@ -131,10 +143,7 @@ async fn page(State(s): State<Arc<AppState>>, v: Viewer) -> Result<Html<String>,
 /// Server-Sent Events for the overview: an `update` event with the changed
 /// values at most once per `LIVE_PERIOD`, a `reload` event when the page's
 /// shape changed (an instance appeared or left).
-async fn events(
-    State(s): State<Arc<AppState>>,
-    _v: Viewer,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn events(State(s): State<Arc<AppState>>, _v: Viewer) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = futures::stream::unfold((s, None::<BTreeMap<String, String>>), |(s, last)| async move {
         loop {
             if last.is_some() {

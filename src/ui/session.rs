@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn next_stays_on_this_server() {
-        assert_eq!(safe_next(Some("/collectors?selector=env%3Dprod")), "/collectors?selector=env%3Dprod");
+        assert_eq!(
+            safe_next(Some("/collectors?selector=env%3Dprod")),
+            "/collectors?selector=env%3Dprod"
+        );
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(Some("/\\evil.example")), "/");

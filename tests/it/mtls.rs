@@ -134,9 +134,12 @@ async fn client_certificates_identify_collectors() {
         .resolve("localhost", web_addr)
         .cookie_store(true)
         .default_headers(
-            [(reqwest::header::ORIGIN, format!("https://localhost:{}", web_addr.port()).parse().unwrap())]
-                .into_iter()
-                .collect(),
+            [(
+                reqwest::header::ORIGIN,
+                format!("https://localhost:{}", web_addr.port()).parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
         )
         .build()
         .unwrap();
