@@ -52,10 +52,7 @@ fn assets() -> &'static [Asset] {
 fn gzip(body: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     // Writing into a Vec cannot fail; an empty result only disables gzip.
-    match enc.write_all(body).and_then(|_| enc.finish()) {
-        Ok(v) => v,
-        Err(_) => Vec::new(),
-    }
+    enc.write_all(body).and_then(|_| enc.finish()).unwrap_or_default()
 }
 
 /// The URL of an embedded file, e.g. `/assets/3f2a…/app.js`.
