@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use linkmesh::config::{Config, DatabaseConfig, Secret, StorageBackend};
 use linkmesh::storage::conformance::{self, Probe};
-use linkmesh::storage::{Change, Expect, Op, Store, Table};
+use linkmesh::storage::{Change, ChangeFeed, Expect, Op, StorageError, Store, Table};
 use mongodb::bson::{doc, Document};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -114,6 +114,329 @@ async fn mongodb_unreachable_is_refused_naming_database_uri() {
     assert!(msg.starts_with("database.uri: "), "{msg}");
     assert!(msg.contains("127.0.0.1:1"), "names the hosts: {msg}");
     assert!(!msg.contains("hunter2"), "never the credentials: {msg}");
+}
+
+/// `check-config` refuses what the MongoDB backend would otherwise
+/// replace silently or trip over later (needs no server).
+#[test]
+fn check_config_refuses_overridden_uri_options_and_a_broken_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let file = dir.path().join("linkmesh.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[storage]
+backend = "mongodb"
+
+[database]
+uri = "mongodb://db1,db2/?replicaSet=rs0&w=1&serverSelectionTimeoutMS=500"
+tls_ca_file = "{}"
+"#,
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(super::support::bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "database.uri",
+        "w=1",
+        "serverSelectionTimeoutMS=500",
+        "database.tls_ca_file",
+        "not a usable CA certificate",
+    ] {
+        assert!(stderr.contains(needle), "{needle} not named in:\n{stderr}");
+    }
+}
+
+fn probe(n: u64) -> Probe {
+    Probe { n, s: format!("p{n}") }
+}
+
+/// The next change on `feed`, within a generous deadline.
+async fn next_change(feed: &mut ChangeFeed) -> Change {
+    tokio::time::timeout(Duration::from_secs(60), feed.recv())
+        .await
+        .expect("the change stream reports the commit")
+        .expect("no lag")
+}
+
+/// Turn on the `failCommand` fail point for commands from LinkMesh's own
+/// client (appName "linkmesh"), for one command. False when the server
+/// does not allow fail points (started without enableTestCommands).
+async fn fail_once(client: &mongodb::Client, data: Document) -> bool {
+    let mut data = data;
+    data.insert("appName", "linkmesh");
+    let r = client
+        .database("admin")
+        .run_command(doc! { "configureFailPoint": "failCommand", "mode": { "times": 1 }, "data": data })
+        .await;
+    match r {
+        Ok(_) => true,
+        Err(e) => {
+            println!("SKIPPED: fail points unavailable on this server ({e}); start mongod with --setParameter enableTestCommands=1");
+            false
+        }
+    }
+}
+
+async fn fail_point_off(client: &mongodb::Client) {
+    let _ = client
+        .database("admin")
+        .run_command(doc! { "configureFailPoint": "failCommand", "mode": "off" })
+        .await;
+}
+
+/// Each injected failure (a transient write conflict, a connection closed
+/// at commit, a write concern timeout 64, ShutdownInProgress 91) ends in
+/// one successful commit: exactly one version bump and one change event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_injected_failures_commit_exactly_once() {
+    let Some(rs) = replica_set("MongoDB fail points").await else {
+        return;
+    };
+    let admin = mongodb::Client::with_uri_str(&rs.uri).await.unwrap();
+    let dbs = TestDatabases::new(&rs.uri);
+    let store = Store::open_mongodb(&dbs.fresh()).await.unwrap();
+    let cases = [
+        (
+            "WriteConflict with TransientTransactionError",
+            doc! { "failCommands": ["update"], "errorCode": 112, "errorLabels": ["TransientTransactionError"] },
+        ),
+        (
+            "commitTransaction with closeConnection",
+            doc! { "failCommands": ["commitTransaction"], "closeConnection": true },
+        ),
+        (
+            "commitTransaction with write concern error 64",
+            doc! { "failCommands": ["commitTransaction"], "writeConcernError": {
+                "code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out",
+                "errInfo": { "wtimeout": true } } },
+        ),
+        (
+            "commitTransaction with ShutdownInProgress 91",
+            doc! { "failCommands": ["commitTransaction"], "errorCode": 91 },
+        ),
+    ];
+    for (i, (what, data)) in cases.into_iter().enumerate() {
+        let key = format!("fp{i}");
+        store
+            .commit(vec![Op::put(&key, &probe(0), Expect::Absent).unwrap()])
+            .await
+            .unwrap();
+        let mut feed = store.subscribe();
+        if !fail_once(&admin, data).await {
+            break;
+        }
+        let r = store
+            .commit(vec![Op::put(&key, &probe(1), Expect::Version(1)).unwrap()])
+            .await;
+        fail_point_off(&admin).await;
+        assert_eq!(r.unwrap_or_else(|e| panic!("{what}: {e}")), vec![2], "{what}");
+        let got = store.get::<Probe>(&key).await.unwrap().unwrap();
+        assert_eq!((got.version, got.value), (2, probe(1)), "{what}: one bump");
+        // One event for the commit; the sentinel after it proves there is
+        // no second one.
+        store
+            .commit(vec![Op::put(format!("{key}-after"), &probe(9), Expect::Absent).unwrap()])
+            .await
+            .unwrap();
+        let first = next_change(&mut feed).await;
+        assert_eq!((first.key.as_str(), first.version), (key.as_str(), Some(2)), "{what}");
+        let second = next_change(&mut feed).await;
+        assert_eq!(second.key, format!("{key}-after"), "{what}: one event per commit");
+    }
+    drop(store);
+    dbs.drop_all().await;
+}
+
+/// The primary steps down while commits run: every acknowledged write is
+/// there, every definite failure left nothing, and commits go on after
+/// the election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_step_down_loses_no_acknowledged_write() {
+    let Some(rs) = replica_set("MongoDB step-down").await else {
+        return;
+    };
+    let dbs = TestDatabases::new(&rs.uri);
+    let store = Store::open_mongodb(&dbs.fresh()).await.unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..300u64 {
+                let r = store
+                    .commit(vec![Op::put(format!("w{i:04}"), &probe(i), Expect::Absent).unwrap()])
+                    .await;
+                results.push(r);
+            }
+            results
+        })
+    };
+    // Step down once some commits went through.
+    let admin = mongodb::Client::with_uri_str(&rs.uri).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = store
+            .scan::<Probe>(linkmesh::storage::Scan::default())
+            .await
+            .map(|r| r.len())
+            .unwrap_or(0);
+        if n >= 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "commits do not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The primary closes connections while stepping down: an error here is
+    // expected.
+    let _ = admin
+        .database("admin")
+        .run_command(doc! { "replSetStepDown": 10, "force": true })
+        .await;
+    let results = writer.await.unwrap();
+    let (mut acked, mut unknown) = (0, 0);
+    for (i, r) in results.iter().enumerate() {
+        let there = store.get::<Probe>(&format!("w{i:04}")).await.unwrap().is_some();
+        match r {
+            Ok(_) => {
+                acked += 1;
+                assert!(there, "commit {i} was acknowledged but is lost");
+            }
+            Err(StorageError::OutcomeUnknown(_)) => unknown += 1,
+            Err(e) => assert!(!there, "commit {i} failed definitely ({e}) but is there"),
+        }
+    }
+    println!("step-down: {acked} acknowledged, {unknown} unknown of {}", results.len());
+    assert!(results.last().is_some_and(|r| r.is_ok()), "commits resume after the election");
+    drop(store);
+    dbs.drop_all().await;
+}
+
+/// The follower's cursor is killed on the server: the driver resumes from
+/// the token, and the feed has no gap and no duplicate. Then a resume that
+/// meets ChangeStreamHistoryLost (286) restarts the stream with a resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_feed_survives_killed_cursors_and_resyncs_on_lost_history() {
+    let Some(rs) = replica_set("MongoDB change stream recovery").await else {
+        return;
+    };
+    let admin = mongodb::Client::with_uri_str(&rs.uri).await.unwrap();
+    let dbs = TestDatabases::new(&rs.uri);
+    let config = dbs.fresh();
+    let store = Store::open_mongodb(&config).await.unwrap();
+    let mut feed = store.subscribe();
+    let put = |k: String| {
+        let store = store.clone();
+        async move {
+            store
+                .commit(vec![Op::put(k, &probe(1), Expect::Absent).unwrap()])
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..5 {
+        put(format!("k{i}")).await;
+    }
+    kill_change_stream_cursors(&admin, &config.name).await;
+    for i in 5..10 {
+        put(format!("k{i}")).await;
+    }
+    for i in 0..10 {
+        let c = next_change(&mut feed).await;
+        assert_eq!(c.key, format!("k{i}"), "in order, no gap, no duplicate");
+    }
+    // History lost on the next getMore: a fresh stream and a resync.
+    if fail_once(&admin, doc! { "failCommands": ["getMore"], "errorCode": 286 }).await {
+        let got = tokio::time::timeout(Duration::from_secs(60), feed.recv())
+            .await
+            .expect("the feed reports the restart");
+        fail_point_off(&admin).await;
+        assert!(
+            matches!(got, Err(tokio::sync::broadcast::error::RecvError::Lagged(0))),
+            "{got:?}"
+        );
+        put("after-resync".into()).await;
+        assert_eq!(next_change(&mut feed).await.key, "after-resync");
+        let health = store.feed_health().unwrap();
+        assert!(health.healthy, "{health:?}");
+    }
+    drop(store);
+    dbs.drop_all().await;
+}
+
+async fn kill_change_stream_cursors(admin: &mongodb::Client, db: &str) {
+    use futures::TryStreamExt;
+    let cursors: Vec<Document> = admin
+        .database("admin")
+        .aggregate([
+            doc! { "$currentOp": { "idleCursors": true, "allUsers": true } },
+            doc! { "$match": { "type": "idleCursor", "ns": format!("{db}.$cmd.aggregate") } },
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let ids: Vec<i64> = cursors
+        .iter()
+        .filter_map(|c| c.get_document("cursor").ok()?.get_i64("cursorId").ok())
+        .collect();
+    assert!(!ids.is_empty(), "the follower's cursor is idle on the server: {cursors:?}");
+    admin
+        .database(db)
+        .run_command(doc! { "killCursors": "$cmd.aggregate", "cursors": ids })
+        .await
+        .unwrap();
+}
+
+/// A commit as large as the status writer's largest (512 checks and 512
+/// writes) completes within the operation timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongodb_a_1024_op_commit_completes() {
+    let Some(rs) = replica_set("MongoDB large commit").await else {
+        return;
+    };
+    let dbs = TestDatabases::new(&rs.uri);
+    let mut config = dbs.fresh();
+    config.operation_timeout = Duration::from_secs(10);
+    let store = Store::open_mongodb(&config).await.unwrap();
+    let create: Vec<Op> = (0..512)
+        .map(|i| Op::put(format!("c{i:03}"), &probe(i), Expect::Absent).unwrap())
+        .collect();
+    store.commit(create).await.unwrap();
+    let ops: Vec<Op> = (0..512)
+        .flat_map(|i| {
+            [
+                Op::check::<Probe>(format!("c{i:03}"), Expect::Present),
+                Op::put(format!("s{i:03}"), &probe(i), Expect::Any).unwrap(),
+            ]
+        })
+        .collect();
+    let versions = store.commit(ops).await.unwrap();
+    assert_eq!(versions.len(), 1024);
+    let rows = store
+        .scan::<Probe>(linkmesh::storage::Scan {
+            prefix: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 512);
+    drop(store);
+    dbs.drop_all().await;
 }
 
 fn db_config(uri: &str, name: String) -> DatabaseConfig {
@@ -286,6 +609,8 @@ impl LocalMongo {
         cmd.arg("--port")
             .arg(port.to_string())
             .args(["--bind_ip", "127.0.0.1", "--wiredTigerCacheSizeGB", "0.25"])
+            // failCommand fail points for the failure tests.
+            .args(["--setParameter", "enableTestCommands=1"])
             .arg("--dbpath")
             .arg(&path)
             .arg("--logpath")
