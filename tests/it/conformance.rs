@@ -222,8 +222,8 @@ async fn mongodb_injected_failures_commit_exactly_once() {
         (
             "commitTransaction with write concern error 64",
             doc! { "failCommands": ["commitTransaction"], "writeConcernError": {
-                "code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out",
-                "errInfo": { "wtimeout": true } } },
+            "code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out",
+            "errInfo": { "wtimeout": true } } },
         ),
         (
             "commitTransaction with ShutdownInProgress 91",
@@ -319,8 +319,14 @@ async fn mongodb_step_down_loses_no_acknowledged_write() {
             Err(e) => assert!(!there, "commit {i} failed definitely ({e}) but is there"),
         }
     }
-    println!("step-down: {acked} acknowledged, {unknown} unknown of {}", results.len());
-    assert!(results.last().is_some_and(|r| r.is_ok()), "commits resume after the election");
+    println!(
+        "step-down: {acked} acknowledged, {unknown} unknown of {}",
+        results.len()
+    );
+    assert!(
+        results.last().is_some_and(|r| r.is_ok()),
+        "commits resume after the election"
+    );
     drop(store);
     dbs.drop_all().await;
 }
@@ -394,7 +400,10 @@ async fn kill_change_stream_cursors(admin: &mongodb::Client, db: &str) {
         .iter()
         .filter_map(|c| c.get_document("cursor").ok()?.get_i64("cursorId").ok())
         .collect();
-    assert!(!ids.is_empty(), "the follower's cursor is idle on the server: {cursors:?}");
+    assert!(
+        !ids.is_empty(),
+        "the follower's cursor is idle on the server: {cursors:?}"
+    );
     admin
         .database(db)
         .run_command(doc! { "killCursors": "$cmd.aggregate", "cursors": ids })
