@@ -30,6 +30,9 @@ if [ ! -x "$otelcol_dir/otelcol-contrib" ]; then
 fi
 export LINKMESH_TEST_OTELCOL="$otelcol_dir/otelcol-contrib"
 
+step "OTLP sender for own-telemetry tests (OpenTelemetry Python SDK from PyPI)"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/owntelemetry/requirements.txt
+
 step "Format and lint"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -11,6 +11,7 @@ pub mod config;
 pub mod configstore;
 pub mod domain;
 pub mod fleet;
+pub mod owntelemetry;
 pub mod sim;
 pub mod storage;
 pub mod telemetry;
@@ -170,6 +171,7 @@ pub async fn run_with_store(
         config_store.clone(),
         metrics.clone(),
     );
+    let own_telemetry = owntelemetry::OwnTelemetry::new(domain.clone(), instance.clone(), metrics.clone());
     let state = Arc::new(api::AppState {
         domain: domain.clone(),
         fleet: fleet.clone(),
@@ -186,6 +188,7 @@ pub async fn run_with_store(
             enroll: api::ratelimit::RateLimiter::per_minute(config.auth.enroll_attempts_per_minute),
             trusted_proxies: config.server.trusted_proxies.clone().into(),
         },
+        own_telemetry: own_telemetry.clone(),
         openapi_json: Default::default(),
     });
     // Connect info: rate limits count per client address.
@@ -238,6 +241,12 @@ pub async fn run_with_store(
     tracing::info!(%http_addr, %grpc_addr, scheme, instance, "Serving the web/API and collector listeners.");
 
     let sweeper = tokio::spawn(sweep_sessions(domain.clone()));
+    // Stored after the servers stopped, so the last figures received are kept.
+    let rollups = tokio::spawn(owntelemetry::run_writer(
+        own_telemetry,
+        config.fleet.telemetry_rollup_interval,
+        stop_rx.clone(),
+    ));
     let mut web = web;
     let mut grpc = grpc;
     let result = tokio::select! {
@@ -268,6 +277,7 @@ pub async fn run_with_store(
         }
     };
     sweeper.abort();
+    let _ = rollups.await;
     fleet.shutdown().await;
     if let Some(cs) = &config_store {
         cs.stop();

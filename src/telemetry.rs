@@ -39,6 +39,10 @@ pub struct Metrics {
     config_head_valid: Gauge,
     change_feed_failures: Gauge,
     change_feed_progress_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    own_telemetry_points: Family<Labels, Counter>,
+    own_telemetry_rollups: Counter,
+    /// Collectors whose own telemetry this instance holds in memory.
+    pub own_telemetry_collectors: Gauge,
 }
 
 impl Metrics {
@@ -108,6 +112,26 @@ impl Metrics {
             "MongoDB change stream: seconds since it last delivered an event or advanced its resume token",
             change_feed_progress_age.clone(),
         );
+        // Own telemetry of collectors: totals only, never a series per
+        // collector or component (bounded cardinality).
+        let own_telemetry_points = Family::<Labels, Counter>::default();
+        registry.register(
+            "own_telemetry_points",
+            "Collector own-metrics data points received on POST /v1/metrics, by outcome (accepted, rejected)",
+            own_telemetry_points.clone(),
+        );
+        let own_telemetry_rollups = Counter::default();
+        registry.register(
+            "own_telemetry_rollups_written",
+            "Per-collector own-telemetry rollup records stored",
+            own_telemetry_rollups.clone(),
+        );
+        let own_telemetry_collectors = Gauge::default();
+        registry.register(
+            "own_telemetry_collectors",
+            "Collectors whose own telemetry this instance holds in memory",
+            own_telemetry_collectors.clone(),
+        );
         Metrics {
             registry,
             change_feed_failures,
@@ -120,7 +144,25 @@ impl Metrics {
             config_reloads,
             config_reload_failures,
             config_head_valid,
+            own_telemetry_points,
+            own_telemetry_rollups,
+            own_telemetry_collectors,
         }
+    }
+
+    /// Own-metrics points of one request: kept and refused.
+    pub fn own_telemetry_points(&self, accepted: u64, rejected: u64) {
+        for (outcome, n) in [("accepted", accepted), ("rejected", rejected)] {
+            if n > 0 {
+                self.own_telemetry_points
+                    .get_or_create(&vec![("outcome", outcome.to_string())])
+                    .inc_by(n);
+            }
+        }
+    }
+
+    pub fn own_telemetry_rollups_written(&self, n: u64) {
+        self.own_telemetry_rollups.inc_by(n);
     }
 
     /// A valid config commit is now served.

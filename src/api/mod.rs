@@ -52,6 +52,8 @@ pub struct AppState {
     pub config_store: Option<ConfigStoreHandle>,
     /// Login and enrollment rate limits, and whose `X-Forwarded-For` counts.
     pub limits: ratelimit::Limits,
+    /// Collectors' own metrics (`POST /v1/metrics`).
+    pub own_telemetry: crate::owntelemetry::OwnTelemetry,
     /// Filled by `router()`; start with `Default::default()`.
     pub openapi_json: OnceLock<String>,
 }
@@ -72,6 +74,7 @@ pub struct AppState {
         (name = "health", description = "Probes and metrics"),
         (name = "fleet", description = "Fleet status, labels, commands, pinned configs"),
         (name = "opamp", description = "OpAMP transports for collectors (protobuf)"),
+        (name = "telemetry", description = "What collectors report about themselves (OTLP own metrics)"),
     )
 )]
 struct ApiDoc;
@@ -108,6 +111,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
             fleet: state.fleet.clone(),
             max_request_bytes: state.max_request_bytes,
         }))
+        .merge(crate::owntelemetry::routes())
         .routes(routes!(openapi_json))
         .split_for_parts();
     let json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());

@@ -43,14 +43,24 @@ pub struct FleetConfig {
     /// heartbeat intervals of the agents.
     #[serde(default = "default_liveness_timeout", with = "humantime_serde")]
     pub liveness_timeout: Duration,
+    /// How often the figures a collector reports about itself (its own
+    /// metrics, `POST /v1/metrics`) are stored as one rollup record per
+    /// collector, so that every instance can show them.
+    #[serde(default = "default_telemetry_rollup_interval", with = "humantime_serde")]
+    pub telemetry_rollup_interval: Duration,
 }
 
 impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
             liveness_timeout: default_liveness_timeout(),
+            telemetry_rollup_interval: default_telemetry_rollup_interval(),
         }
     }
+}
+
+fn default_telemetry_rollup_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_liveness_timeout() -> Duration {

@@ -115,6 +115,12 @@ pub(super) fn resolve_and_validate(config: &mut Config, errors: &mut Vec<ConfigE
     if config.fleet.liveness_timeout < std::time::Duration::from_secs(1) {
         errors.push(ConfigError::new("fleet.liveness_timeout", "must be at least 1s"));
     }
+    if config.fleet.telemetry_rollup_interval < std::time::Duration::from_secs(1) {
+        errors.push(ConfigError::new(
+            "fleet.telemetry_rollup_interval",
+            "must be at least 1s",
+        ));
+    }
 
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.telemetry.log_level) {
         errors.push(ConfigError::new("telemetry.log_level", e.to_string()));

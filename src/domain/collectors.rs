@@ -69,6 +69,13 @@ impl Domain {
             ops.push(Op::delete::<CollectorStatus>(collector_id, Expect::Any));
             ops.push(Op::delete::<PendingCommands>(collector_id, Expect::Any));
             ops.push(Op::delete::<ConfigAssignment>(collector_id, Expect::Any));
+            // Its own-telemetry rollup (crate::owntelemetry), by table: the
+            // domain does not depend on that module.
+            ops.push(Op::Delete {
+                table: crate::storage::Table::CollectorTelemetry,
+                key: collector_id.to_string(),
+                expect: Expect::Any,
+            });
             ops.push(self.audit_op(
                 actor,
                 "collector.deregister",

@@ -49,10 +49,11 @@ pub enum Table {
     AuditEvents,
     ServerInstances,
     ConfigAssignments,
+    CollectorTelemetry,
 }
 
 impl Table {
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Collectors,
         Table::CollectorCredentials,
         Table::CollectorStatus,
@@ -65,6 +66,7 @@ impl Table {
         Table::AuditEvents,
         Table::ServerInstances,
         Table::ConfigAssignments,
+        Table::CollectorTelemetry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +83,7 @@ impl Table {
             Table::AuditEvents => "audit_events",
             Table::ServerInstances => "server_instances",
             Table::ConfigAssignments => "config_assignments",
+            Table::CollectorTelemetry => "collector_telemetry",
         }
     }
 }

@@ -146,6 +146,9 @@ async fn openapi_document_covers_every_route() {
         "GET /api/v1/config/status",
         "GET /api/v1/config/resources",
         "POST /api/v1/config/render-preview",
+        "POST /v1/metrics",
+        "GET /api/v1/collectors/{id}/telemetry",
+        "GET /api/v1/telemetry/components",
     ]
     .into_iter()
     .map(String::from)

@@ -11,6 +11,7 @@ mod durability;
 mod fleet_config;
 mod interop;
 mod mtls;
+mod owntelemetry;
 mod protocol;
 mod routing;
 mod support;
