@@ -4,7 +4,7 @@
 
 use axum::http::HeaderMap;
 
-use crate::api::extract::bearer_token;
+use crate::transport::bearer_token;
 use crate::domain::{Domain, DomainError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
