@@ -4,8 +4,8 @@
 
 use axum::http::HeaderMap;
 
-use crate::transport::bearer_token;
 use crate::domain::{Domain, DomainError};
+use crate::transport::bearer_token;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
