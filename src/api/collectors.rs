@@ -34,10 +34,20 @@ async fn enroll(
     client: ClientAddr,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<Response, ApiError> {
-    if let Err(limited) = s.limits.enroll.check(client) {
+    // Only refused attempts count (token guessing); a valid token enrolls
+    // a whole fleet from one address at full speed.
+    if let Err(limited) = s.limits.enroll.admit(client) {
         return Ok(limited.into_response());
     }
-    Ok((StatusCode::CREATED, Json(s.domain.enroll(req).await?)).into_response())
+    match s.domain.enroll(req).await {
+        Ok(enrolled) => Ok((StatusCode::CREATED, Json(enrolled)).into_response()),
+        Err(e) => {
+            if !matches!(e, crate::domain::DomainError::Storage(_)) {
+                s.limits.enroll.charge(client);
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// Deregister a collector (editor): the collector, its credentials, status

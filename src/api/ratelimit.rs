@@ -68,10 +68,35 @@ impl RateLimiter {
 
     /// Count one request from `client`; refuse it when its bucket is empty.
     pub fn check(&self, client: ClientAddr) -> Result<(), RateLimited> {
-        self.check_at(client, Instant::now())
+        self.take_at(client, Instant::now(), 1.0)
     }
 
+    /// Refuse `client` while its bucket is empty, without counting this
+    /// request; [`charge`](Self::charge) counts it once it has failed. With
+    /// the pair only failed attempts count: enrollment is limited against
+    /// token guessing, while a fleet rolling out behind one NAT address with
+    /// a valid token enrolls at full speed.
+    pub fn admit(&self, client: ClientAddr) -> Result<(), RateLimited> {
+        self.take_at(client, Instant::now(), 0.0)
+    }
+
+    /// Count a failed attempt from `client` (after [`admit`](Self::admit)).
+    pub fn charge(&self, client: ClientAddr) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = buckets.get_mut(&client.0) {
+            let now = Instant::now();
+            b.tokens = (self.refilled(b, now) - 1.0).max(0.0);
+            b.at = now;
+        }
+    }
+
+    #[cfg(test)]
     fn check_at(&self, client: ClientAddr, now: Instant) -> Result<(), RateLimited> {
+        self.take_at(client, now, 1.0)
+    }
+
+    /// Refuse when fewer than one token is left, else take `cost` (0 or 1).
+    fn take_at(&self, client: ClientAddr, now: Instant, cost: f64) -> Result<(), RateLimited> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&client.0) {
             buckets.retain(|_, b| self.refilled(b, now) < self.burst);
@@ -86,7 +111,7 @@ impl RateLimiter {
         bucket.tokens = self.refilled(bucket, now);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            bucket.tokens -= cost;
             return Ok(());
         }
         let missing = 1.0 - bucket.tokens;
@@ -226,6 +251,21 @@ mod tests {
             assert_eq!(l.check_at(a, later), Ok(()));
         }
         assert!(l.check_at(a, later).is_err());
+    }
+
+    #[test]
+    fn admitted_requests_count_only_when_charged() {
+        let l = RateLimiter::per_minute(2);
+        let a = addr("192.0.2.7");
+        // Successes (admitted, never charged) are unlimited.
+        for _ in 0..100 {
+            assert_eq!(l.admit(a), Ok(()));
+        }
+        // Two failures empty the bucket: the next attempt is refused.
+        l.charge(a);
+        l.charge(a);
+        assert!(l.admit(a).is_err());
+        assert!(l.check(a).is_err());
     }
 
     #[test]

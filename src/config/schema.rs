@@ -292,8 +292,9 @@ pub struct AuthConfig {
     /// more get 429 with `Retry-After`.
     #[serde(default = "default_login_attempts_per_minute")]
     pub login_attempts_per_minute: u32,
-    /// `POST /api/v1/enroll` requests per client address and minute (also
-    /// the burst); more get 429 with `Retry-After`.
+    /// Refused enrollments (`POST /api/v1/enroll`) per client address and
+    /// minute (also the burst); beyond it every attempt gets 429 with
+    /// `Retry-After`. Successful enrollments do not count.
     #[serde(default = "default_enroll_attempts_per_minute")]
     pub enroll_attempts_per_minute: u32,
     /// Every enrollment token requires agents to switch to a credential of

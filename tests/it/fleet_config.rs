@@ -224,6 +224,9 @@ async fn commits_reach_exactly_the_collectors_they_change() {
     let d = get(&a.base, &token, &format!("/api/v1/collectors/{id}")).await;
     let r = admin
         .patch(format!("{}/api/v1/collectors/{id}/labels", b.base))
+        // A browser on instance b names b as its origin (behind a load
+        // balancer both would share one public URL).
+        .header("origin", &b.base)
         .json(&json!({"labels": sets[0], "version": d["version"]}))
         .send()
         .await
