@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use prost::Message;
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -64,6 +65,24 @@ pub struct SimConfig {
     pub concurrency: usize,
 }
 
+/// How simulated agents behave beyond the defaults (which enroll through
+/// the API, accept remote config and restart, and report health).
+#[derive(Debug, Clone, Default)]
+pub struct SimBehaviour {
+    /// No explicit enrollment: connect with only the enrollment token as
+    /// bearer and an instance_uid of the agent's own, as a standard OpAMP
+    /// agent configured with the server URL and the token does.
+    pub token_only: bool,
+    /// Report AcceptsOpAMPConnectionSettings and adopt the credential the
+    /// server offers (`ConnectionSettingsOffers.opamp` Authorization header),
+    /// reconnecting with it.
+    pub accepts_connection_settings: bool,
+    /// Report AvailableComponents: kind (`receivers`, `processors`,
+    /// `exporters`, `extensions`, `connectors`) -> component types. Their
+    /// ComponentHealth is reported per component too.
+    pub available_components: Option<BTreeMap<String, Vec<String>>>,
+}
+
 /// What one simulated collector has seen.
 #[derive(Debug, Clone, Default)]
 pub struct AgentStats {
@@ -78,6 +97,15 @@ pub struct AgentStats {
     pub restarts: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// The bearer it connects with now (enrollment token or credential).
+    pub bearer: String,
+    /// Credentials adopted from connection-settings offers.
+    pub credentials_adopted: u64,
+    /// Where the server offered to receive its own metrics, and with which
+    /// Authorization header.
+    pub own_metrics: Option<(String, String)>,
+    /// The server assigned its instance_uid (`AgentIdentification`).
+    pub uid_assigned: bool,
 }
 
 pub struct Sim {
@@ -92,11 +120,35 @@ pub enum SimError {
 }
 
 const CAPABILITIES: u64 = 0x1 | 0x2 | 0x4 | 0x400 | 0x800 | 0x1000 | 0x2000;
+const ACCEPTS_OPAMP_CONNECTION_SETTINGS: u64 = 0x100;
+const REPORTS_AVAILABLE_COMPONENTS: u64 = 0x4000;
+
+/// AvailableComponents as the OpenTelemetry Collector reports them: one
+/// entry per kind, its sub-components keyed by type.
+fn available(components: &BTreeMap<String, Vec<String>>) -> pb::AvailableComponents {
+    let mut out = pb::AvailableComponents::default();
+    let mut hasher = Sha256::new();
+    for (kind, types) in components {
+        let mut details = pb::ComponentDetails::default();
+        for t in types {
+            hasher.update(format!("{kind}/{t};").as_bytes());
+            details.sub_component_map.insert(t.clone(), pb::ComponentDetails::default());
+        }
+        out.components.insert(kind.clone(), details);
+    }
+    out.hash = hasher.finalize().to_vec();
+    out
+}
 
 impl Sim {
     /// Enroll and connect every collector (returns once all are enrolled;
     /// connections come up in the background).
     pub async fn start(cfg: SimConfig) -> Result<Sim, SimError> {
+        Sim::start_with(cfg, SimBehaviour::default()).await
+    }
+
+    /// As `start`, with agents behaving as `behaviour` says.
+    pub async fn start_with(cfg: SimConfig, behaviour: SimBehaviour) -> Result<Sim, SimError> {
         let stats = Arc::new(Mutex::new(vec![AgentStats::default(); cfg.collectors]));
         let gate = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         let http = reqwest::Client::builder()
@@ -109,7 +161,12 @@ impl Sim {
         let mut enrolls = Vec::new();
         for i in 0..cfg.collectors {
             let (cfg, gate) = (cfg.clone(), gate.clone());
+            let token_only = behaviour.token_only;
             enrolls.push(tokio::spawn(async move {
+                if token_only {
+                    let uid = uuid::Uuid::now_v7().hyphenated().to_string();
+                    return Ok((uid, cfg.enrollment_token.clone()));
+                }
                 let _permit = gate.acquire().await;
                 enroll(&cfg, i)
                     .await
@@ -127,8 +184,16 @@ impl Sim {
         for (i, (id, credential)) in creds.into_iter().enumerate() {
             if let Ok(mut s) = stats.lock() {
                 s[i].collector_id = id.clone();
+                s[i].bearer = credential.clone();
             }
-            let agent = Agent::new(i, id, credential, cfg.clone(), stats.clone(), http.clone());
+            let agent = Agent::new(
+                i,
+                id,
+                credential,
+                (cfg.clone(), behaviour.clone()),
+                stats.clone(),
+                http.clone(),
+            );
             let gate = gate.clone();
             tasks.push(tokio::spawn(async move { agent.run(gate).await }));
         }
@@ -226,9 +291,12 @@ struct Agent {
     uid: Vec<u8>,
     credential: String,
     cfg: SimConfig,
+    behaviour: SimBehaviour,
     stats: Arc<Mutex<Vec<AgentStats>>>,
     http: reqwest::Client,
     seq: u64,
+    /// A credential just adopted: drop the link and reconnect with it.
+    reconnect: bool,
     remote: Option<pb::RemoteConfigStatus>,
     effective: Option<pb::EffectiveConfig>,
 }
@@ -250,7 +318,7 @@ impl Agent {
         index: usize,
         id: String,
         credential: String,
-        cfg: SimConfig,
+        (cfg, behaviour): (SimConfig, SimBehaviour),
         stats: Arc<Mutex<Vec<AgentStats>>>,
         http: reqwest::Client,
     ) -> Self {
@@ -262,9 +330,11 @@ impl Agent {
             uid,
             credential,
             cfg,
+            behaviour,
             stats,
             http,
             seq: 0,
+            reconnect: false,
             remote: None,
             effective: None,
         }
@@ -278,10 +348,17 @@ impl Agent {
 
     fn message(&mut self, full: bool) -> pb::AgentToServer {
         self.seq += 1;
+        let mut capabilities = CAPABILITIES;
+        if self.behaviour.accepts_connection_settings {
+            capabilities |= ACCEPTS_OPAMP_CONNECTION_SETTINGS;
+        }
+        if self.behaviour.available_components.is_some() {
+            capabilities |= REPORTS_AVAILABLE_COMPONENTS;
+        }
         let mut m = pb::AgentToServer {
             instance_uid: self.uid.clone(),
             sequence_num: self.seq,
-            capabilities: CAPABILITIES,
+            capabilities,
             ..Default::default()
         };
         if full {
@@ -303,11 +380,25 @@ impl Agent {
                 ],
                 non_identifying_attributes: vec![kv("host.name", format!("sim-{}", self.index))],
             });
-            m.health = Some(pb::ComponentHealth {
+            let components = self.behaviour.available_components.clone().unwrap_or_default();
+            let healthy = |status: &str| pb::ComponentHealth {
                 healthy: true,
-                status: "running".into(),
+                status: status.into(),
                 ..Default::default()
-            });
+            };
+            let mut health = healthy("running");
+            for (kind, types) in &components {
+                for t in types {
+                    let singular = kind.trim_end_matches('s');
+                    health
+                        .component_health_map
+                        .insert(format!("{singular}:{t}"), healthy("StatusOK"));
+                }
+            }
+            m.health = Some(health);
+            if self.behaviour.available_components.is_some() {
+                m.available_components = Some(available(&components));
+            }
             m.remote_config_status = self.remote.clone();
             m.effective_config = self.effective.clone();
         }
@@ -325,6 +416,12 @@ impl Agent {
                 Ok(link) => {
                     self.update(|s| s.connected = true);
                     let why = self.serve(link).await;
+                    if self.reconnect {
+                        // Not a failure: it switches to the offered credential.
+                        self.reconnect = false;
+                        self.update(|s| s.connected = false);
+                        continue;
+                    }
                     self.update(|s| {
                         s.connected = false;
                         s.errors += 1;
@@ -427,6 +524,9 @@ impl Agent {
                     return e;
                 }
             }
+            if self.reconnect {
+                return "reconnecting with the offered credential".into();
+            }
         }
     }
 
@@ -457,6 +557,17 @@ impl Agent {
 
     /// React to a server message; returns what to send back, if anything.
     fn react(&mut self, m: pb::ServerToAgent) -> Option<pb::AgentToServer> {
+        if let Some(id) = m.agent_identification.as_ref().filter(|i| i.new_instance_uid.len() == 16) {
+            self.uid = id.new_instance_uid.clone();
+            let uid = uuid::Uuid::from_slice(&self.uid).map(|u| u.to_string()).unwrap_or_default();
+            self.update(|s| {
+                s.collector_id = uid;
+                s.uid_assigned = true;
+            });
+        }
+        if let Some(offers) = &m.connection_settings {
+            self.adopt(offers);
+        }
         if m.command.is_some() {
             self.update(|s| s.restarts += 1);
             return Some(self.message(true));
@@ -508,6 +619,40 @@ impl Agent {
             return Some(self.message(true));
         }
         None
+    }
+}
+
+impl Agent {
+    /// Take the offered settings: the own-metrics destination is noted; a
+    /// new OpAMP Authorization header replaces the bearer and the agent
+    /// reconnects with it (as an OpAMP client does after an offer).
+    fn adopt(&mut self, offers: &pb::ConnectionSettingsOffers) {
+        let auth = |h: &Option<pb::Headers>| {
+            h.as_ref()?
+                .headers
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case("authorization"))
+                .map(|h| h.value.clone())
+        };
+        if let Some(own) = &offers.own_metrics {
+            let metrics = (own.destination_endpoint.clone(), auth(&own.headers).unwrap_or_default());
+            self.update(|s| s.own_metrics = Some(metrics));
+        }
+        if !self.behaviour.accepts_connection_settings {
+            return;
+        }
+        let offered = offers.opamp.as_ref().and_then(|o| auth(&o.headers));
+        let Some(bearer) = offered.and_then(|v| v.strip_prefix("Bearer ").map(str::to_string)) else {
+            return;
+        };
+        if bearer != self.credential {
+            self.credential = bearer.clone();
+            self.reconnect = true;
+            self.update(|s| {
+                s.bearer = bearer;
+                s.credentials_adopted += 1;
+            });
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use linkmesh::sim::{percentile, Sim, SimConfig, SimTransport};
+use linkmesh::sim::{percentile, Sim, SimBehaviour, SimConfig, SimTransport};
 use tokio::time::Instant;
 
 #[derive(Parser)]
@@ -52,6 +52,31 @@ struct Args {
     /// Server process id, to report its memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Connect with only the enrollment token as bearer (no explicit
+    /// enrollment), as a standard OpAMP agent given the URL and the token.
+    #[arg(long)]
+    token_only: bool,
+    /// Report AcceptsOpAMPConnectionSettings and switch to the credential
+    /// the server offers.
+    #[arg(long)]
+    accept_connection_settings: bool,
+    /// Report AvailableComponents (and per-component health), e.g.
+    /// `receivers=otlp,filelog;exporters=otlphttp;processors=batch`.
+    #[arg(long)]
+    available_components: Option<String>,
+}
+
+/// `kind=type,type;kind=type` -> kind -> types.
+fn parse_components(s: &str) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (kind, types) = part
+            .split_once('=')
+            .with_context(|| format!("--available-components: {part:?} is not kind=type,type"))?;
+        let types = types.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        out.insert(kind.trim().to_string(), types.collect());
+    }
+    Ok(out)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -113,8 +138,13 @@ async fn main_async(args: Args) -> anyhow::Result<()> {
         source_addrs: args.source_addrs.clone(),
         concurrency: args.concurrency,
     };
+    let behaviour = SimBehaviour {
+        token_only: args.token_only,
+        accepts_connection_settings: args.accept_connection_settings,
+        available_components: args.available_components.as_deref().map(parse_components).transpose()?,
+    };
     let t0 = Instant::now();
-    let sim = Sim::start(cfg).await?;
+    let sim = Sim::start_with(cfg, behaviour).await?;
     println!("enrolled {} collectors in {:.2?}", args.collectors, t0.elapsed());
     if !sim.wait_all(Duration::from_secs(120), |s| s.connected).await {
         let up = sim.stats().iter().filter(|s| s.connected).count();
