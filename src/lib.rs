@@ -167,6 +167,7 @@ pub async fn run_with_store(
         FleetSettings {
             instance: instance.clone(),
             liveness_timeout: config.fleet.liveness_timeout,
+            public_url: config.server.public_url.clone(),
         },
         config_store.clone(),
         metrics.clone(),

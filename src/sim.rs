@@ -132,7 +132,9 @@ fn available(components: &BTreeMap<String, Vec<String>>) -> pb::AvailableCompone
         let mut details = pb::ComponentDetails::default();
         for t in types {
             hasher.update(format!("{kind}/{t};").as_bytes());
-            details.sub_component_map.insert(t.clone(), pb::ComponentDetails::default());
+            details
+                .sub_component_map
+                .insert(t.clone(), pb::ComponentDetails::default());
         }
         out.components.insert(kind.clone(), details);
     }
@@ -557,9 +559,15 @@ impl Agent {
 
     /// React to a server message; returns what to send back, if anything.
     fn react(&mut self, m: pb::ServerToAgent) -> Option<pb::AgentToServer> {
-        if let Some(id) = m.agent_identification.as_ref().filter(|i| i.new_instance_uid.len() == 16) {
+        if let Some(id) = m
+            .agent_identification
+            .as_ref()
+            .filter(|i| i.new_instance_uid.len() == 16)
+        {
             self.uid = id.new_instance_uid.clone();
-            let uid = uuid::Uuid::from_slice(&self.uid).map(|u| u.to_string()).unwrap_or_default();
+            let uid = uuid::Uuid::from_slice(&self.uid)
+                .map(|u| u.to_string())
+                .unwrap_or_default();
             self.update(|s| {
                 s.collector_id = uid;
                 s.uid_assigned = true;

@@ -355,6 +355,18 @@ impl Domain {
         }
     }
 
+    /// Check an enrollment token presented as a bearer before an agent's
+    /// first message (WebSocket upgrade, gRPC stream): known, right secret,
+    /// not revoked. Whether it may enroll a new uid is decided on the first
+    /// message (`first_contact`), which knows the uid.
+    pub async fn check_enrollment_token(&self, token: &str) -> Result<(), DomainError> {
+        let (_, record) = self.verified_token(token, "").await?;
+        if record.value.revoked_at.is_some() {
+            return Err(DomainError::Refused("enrollment token is revoked".into()));
+        }
+        Ok(())
+    }
+
     /// Find the token and check its secret (refusals audited).
     async fn verified_token<'t>(
         &self,

@@ -10,7 +10,7 @@ mod audit;
 mod auth;
 mod canvas;
 mod collectors;
-mod credentials;
+pub mod credentials;
 mod enrollment;
 pub mod records;
 pub mod secrets;

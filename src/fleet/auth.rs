@@ -6,14 +6,36 @@
 //! over the bearer token, `crate::transport::bearer`).
 
 use super::{Fleet, FleetError};
+use crate::domain::credentials::ACCEPTS_OPAMP_CONNECTION_SETTINGS;
 use crate::domain::secrets::{self, SecretKind};
 use crate::domain::{Collector, DomainError};
+use crate::proto::opamp_msgs as pb;
 use crate::storage::Versioned;
 
-/// A collector that presented a valid credential.
+/// A collector that presented a valid credential (or was admitted with an
+/// enrollment token on its first message).
 pub struct Authenticated {
     pub collector: Versioned<Collector>,
+    /// Empty for mTLS and for the enrollment-token path.
     pub credential_id: String,
+    /// The agent's uid was empty or malformed: the server picked one, and
+    /// the first reply carries it (`AgentIdentification`).
+    pub uid_assigned: bool,
+}
+
+/// What a connecting agent presented, before its first message.
+pub enum Presented {
+    /// Its own credential (or client certificate).
+    Collector(Authenticated),
+    /// An enrollment token (checked: known, not revoked). The agent is
+    /// enrolled or resumed on its first message, which carries its uid.
+    EnrollmentToken(String),
+}
+
+impl Presented {
+    pub fn is_enrollment_token(&self) -> bool {
+        matches!(self, Presented::EnrollmentToken(_))
+    }
 }
 
 impl Fleet {
@@ -24,18 +46,22 @@ impl Fleet {
         &self,
         bearer: Option<&str>,
         cert_collector: Option<String>,
-    ) -> Result<Authenticated, FleetError> {
+    ) -> Result<Presented, FleetError> {
         let Some(cert_id) = cert_collector else {
             return self.authenticate(bearer).await;
         };
         if bearer.is_some() {
-            let auth = self.authenticate(bearer).await?;
+            let Presented::Collector(auth) = self.authenticate(bearer).await? else {
+                return Err(self
+                    .refuse_cert(&cert_id, "with a client certificate, send no enrollment token")
+                    .await);
+            };
             if auth.collector.key != cert_id {
                 return Err(self
                     .refuse_cert(&cert_id, "client certificate is for another collector")
                     .await);
             }
-            return Ok(auth);
+            return Ok(Presented::Collector(auth));
         }
         match self
             .inner
@@ -45,10 +71,11 @@ impl Fleet {
             .await
             .map_err(DomainError::from)?
         {
-            Some(collector) => Ok(Authenticated {
+            Some(collector) => Ok(Presented::Collector(Authenticated {
                 collector,
                 credential_id: String::new(),
-            }),
+                uid_assigned: false,
+            })),
             None => Err(self
                 .refuse_cert(&cert_id, "client certificate names no enrolled collector")
                 .await),
@@ -72,17 +99,64 @@ impl Fleet {
         FleetError::Domain(DomainError::Unauthenticated(why.to_string()))
     }
 
-    /// Check a collector's bearer credential.
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Authenticated, FleetError> {
-        let token = bearer
-            .ok_or_else(|| DomainError::Unauthenticated("send the collector credential as a bearer token".into()))?;
-        let collector = self.inner.domain.authenticate_collector(token).await?;
+    /// Check a collector's bearer: its own credential, or an enrollment
+    /// token (`lme_…`) for first-contact enrollment. Connecting with the
+    /// newest credential after it was offered completes the switch to it
+    /// (older credentials revoked, the token path for the uid closed).
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Presented, FleetError> {
+        let token = bearer.ok_or_else(|| {
+            DomainError::Unauthenticated(
+                "send the collector credential or an enrollment token as a bearer token".into(),
+            )
+        })?;
+        let domain = &self.inner.domain;
+        if secrets::parse(SecretKind::Enrollment, token).is_some() {
+            domain.check_enrollment_token(token).await?;
+            return Ok(Presented::EnrollmentToken(token.to_string()));
+        }
+        let collector = domain.authenticate_collector(token).await?;
         let credential_id = secrets::parse(SecretKind::Collector, token)
             .map(|(id, _)| id.to_string())
             .unwrap_or_default();
-        Ok(Authenticated {
+        let collector = match domain.credential_connected(&collector, &credential_id).await? {
+            Some(switched) => switched,
+            None => collector,
+        };
+        Ok(Presented::Collector(Authenticated {
             collector,
             credential_id,
+            uid_assigned: false,
+        }))
+    }
+
+    /// Turn what the agent presented into a session identity, given its
+    /// first message: an enrollment token enrolls (or resumes) the uid the
+    /// message carries, in one transaction with the token's use and audit.
+    pub async fn admit(&self, presented: Presented, first: &pb::AgentToServer) -> Result<Authenticated, FleetError> {
+        let token = match presented {
+            Presented::Collector(auth) => return Ok(auth),
+            Presented::EnrollmentToken(token) => token,
+        };
+        let uid = <[u8; 16]>::try_from(first.instance_uid.as_slice())
+            .ok()
+            .filter(|b| b.iter().any(|x| *x != 0))
+            .map(|b| uuid::Uuid::from_bytes(b).hyphenated().to_string());
+        let accepts = first.capabilities & ACCEPTS_OPAMP_CONNECTION_SETTINGS != 0;
+        let name = first.agent_description.as_ref().and_then(|d| {
+            d.non_identifying_attributes
+                .iter()
+                .chain(&d.identifying_attributes)
+                .find(|kv| kv.key == "host.name")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    pb::any_value::Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+        });
+        let contact = self.inner.domain.first_contact(&token, uid, accepts, name).await?;
+        Ok(Authenticated {
+            collector: contact.collector,
+            credential_id: String::new(),
+            uid_assigned: contact.assigned_uid,
         })
     }
 }

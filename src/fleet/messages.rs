@@ -8,7 +8,7 @@
 
 use tokio::time::Instant;
 
-use super::auth::Authenticated;
+use super::auth::Presented;
 use super::registry::{Conn, Push};
 use super::{Fleet, FleetError, Transport};
 use crate::proto::opamp_msgs as pb;
@@ -53,12 +53,14 @@ impl Fleet {
     }
 
     /// Handle one OpAMP HTTP request: the session lives across requests and
-    /// ends by liveness timeout or agent_disconnect.
+    /// ends by liveness timeout or agent_disconnect. Every request of an
+    /// agent on the enrollment-token path resumes it by its uid.
     pub async fn handle_poll(
         &self,
-        auth: Authenticated,
+        presented: Presented,
         msg: pb::AgentToServer,
     ) -> Result<pb::ServerToAgent, FleetError> {
+        let auth = self.admit(presented, &msg).await?;
         let existing = self
             .inner
             .sessions
@@ -102,6 +104,7 @@ impl Fleet {
             self.inner.writer.put(ctx.agent.status.clone());
         }
         let mut reply = processed.reply;
+        reply.connection_settings = self.connection_offer(&mut ctx).await;
         if let Some(command) = self.take_command(&conn.collector_id, &mut ctx).await {
             // A command travels alone (OpAMP): after the reply on a stream,
             // instead of it over HTTP (the rest follows on the next poll).

@@ -6,6 +6,8 @@
 //! - `registry`: the map of open sessions (open, replace, close, kick).
 //! - `messages`: one AgentToServer in, the answer out (streams and polls).
 //! - `auth`: which collector a bearer credential or client certificate names.
+//! - `offers`: connection settings offered to agents (their own credential,
+//!   where to send their own metrics).
 //! - `session`: the OpAMP session rules, pure logic on in-memory state.
 //! - `resolve`: where a collector's desired config comes from — the one
 //!   resolver used by sessions and by the API views.
@@ -26,6 +28,7 @@ pub mod desired;
 mod error;
 mod feed;
 mod messages;
+mod offers;
 mod presence;
 mod push;
 mod registry;
@@ -45,7 +48,7 @@ use registry::Registry;
 use resolve::Resolver;
 use writer::StatusWriter;
 
-pub use auth::Authenticated;
+pub use auth::{Authenticated, Presented};
 pub use error::FleetError;
 pub use presence::PRESENCE_STALE;
 pub use registry::Conn;
@@ -75,6 +78,9 @@ pub struct FleetSettings {
     /// A collector silent for this long is marked disconnected (about three
     /// heartbeats: some clients never say goodbye).
     pub liveness_timeout: Duration,
+    /// `server.public_url`: where agents are told to send their own
+    /// metrics (`<public_url>/v1/metrics`) and reconnect (`/v1/opamp`).
+    pub public_url: Option<String>,
 }
 
 struct Inner {

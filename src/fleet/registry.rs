@@ -39,6 +39,9 @@ pub(super) struct Ctx {
     pub pinned: bool,
     pub desired: Option<Arc<Desired>>,
     pub commands_pending: bool,
+    /// A credential was offered on this session for the token path (a
+    /// rotation request offers again).
+    pub credential_offered: bool,
 }
 
 /// A session's state, locked per message (async: processing may read the
@@ -133,10 +136,12 @@ impl Fleet {
         status.transport = transport.name().into();
         status.connected_at = Some(now);
         status.last_seen = Some(now);
-        let agent = AgentState::new(&id, status.clone()).ok_or(FleetError::Session(SessionError::WrongInstance {
-            presented: id.clone(),
-            expected: "a UUID collector id".into(),
-        }))?;
+        let mut agent =
+            AgentState::new(&id, status.clone()).ok_or(FleetError::Session(SessionError::WrongInstance {
+                presented: id.clone(),
+                expected: "a UUID collector id".into(),
+            }))?;
+        agent.uid_assigned = auth.uid_assigned;
         let collector = auth.collector.value;
         // One read of the pinned config both marks the session pinned and,
         // when there is one, is its desired config (connect is a hot path).
@@ -152,6 +157,7 @@ impl Fleet {
             pinned: pinned.is_some(),
             desired,
             commands_pending: true,
+            credential_offered: false,
         };
         let epoch = self.inner.sessions.next_epoch();
         let entry = Entry {

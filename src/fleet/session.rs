@@ -20,8 +20,9 @@ pub mod caps {
     pub const REPORTS_REMOTE_CONFIG: u64 = 0x1000;
 }
 
-/// What this server offers: status, remote config, effective config.
-pub const SERVER_CAPABILITIES: u64 = 0x1 | 0x2 | 0x4;
+/// What this server offers: status, remote config, effective config,
+/// connection settings (own credential, own-metrics destination).
+pub const SERVER_CAPABILITIES: u64 = 0x1 | 0x2 | 0x4 | 0x20;
 const FLAG_REPORT_FULL_STATE: u64 = 0x1;
 const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
 /// Effective config bodies are stored for display; cut huge ones.
@@ -39,6 +40,10 @@ pub struct AgentState {
     have_description: bool,
     /// Hash of the remote config last sent on this session.
     sent_hash: Option<Vec<u8>>,
+    /// The server picked this agent's uid (it presented an empty or
+    /// malformed one on first contact): whatever it presents is answered
+    /// with the picked uid until it uses it.
+    pub uid_assigned: bool,
 }
 
 /// The outcome of one AgentToServer.
@@ -76,6 +81,7 @@ impl AgentState {
             status,
             have_description: false,
             sent_hash: None,
+            uid_assigned: false,
         })
     }
 
@@ -94,7 +100,9 @@ impl AgentState {
         if msg.instance_uid.as_slice() != self.uid {
             // An agent that asks for a uid, or has none yet, gets the one
             // its credential is bound to; any other uid is refused.
-            let wants_uid = msg.flags & FLAG_REQUEST_INSTANCE_UID != 0 || msg.instance_uid.iter().all(|b| *b == 0);
+            let wants_uid = self.uid_assigned
+                || msg.flags & FLAG_REQUEST_INSTANCE_UID != 0
+                || msg.instance_uid.iter().all(|b| *b == 0);
             if !wants_uid {
                 return Err(SessionError::WrongInstance {
                     presented: uid_string(&msg.instance_uid),
@@ -104,6 +112,8 @@ impl AgentState {
             reply.agent_identification = Some(pb::AgentIdentification {
                 new_instance_uid: self.uid.to_vec(),
             });
+        } else {
+            self.uid_assigned = false;
         }
         let before = self.status.clone();
         let caps = msg.capabilities;

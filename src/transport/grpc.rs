@@ -74,10 +74,33 @@ impl CollectorService for GrpcService {
             .authenticate_with_cert(bearer(&req), cert_collector)
             .await
             .map_err(status)?;
-        let (conn, rx) = self.fleet.open_stream(auth, Transport::Grpc).await.map_err(status)?;
         let mut inbound = req.into_inner();
+        // An agent on the enrollment-token path is enrolled (or resumed) by
+        // the uid of its first message: read it before opening the session.
+        let (auth, first) = if auth.is_enrollment_token() {
+            let msg = inbound
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("the stream ended before the first message"))?;
+            (self.fleet.admit(auth, &msg).await.map_err(status)?, Some(msg))
+        } else {
+            (
+                self.fleet
+                    .admit(auth, &pb::AgentToServer::default())
+                    .await
+                    .map_err(status)?,
+                None,
+            )
+        };
+        let (conn, rx) = self.fleet.open_stream(auth, Transport::Grpc).await.map_err(status)?;
         let fleet = self.fleet.clone();
         let conn = Arc::new(conn);
+        if let Some(msg) = first {
+            if let Err(e) = fleet.handle_stream(&conn, msg).await {
+                fleet.close(&conn);
+                return Err(status(e));
+            }
+        }
         tokio::spawn(async move {
             // Ends when the collector closes its side, the stream breaks, or
             // the fleet closed the session (replaced, timed out, revoked).

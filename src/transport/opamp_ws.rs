@@ -9,7 +9,7 @@ use prost::Message;
 
 use super::{bearer_token, OpampState};
 use crate::api::error::ApiError;
-use crate::fleet::{Authenticated, Fleet, Transport};
+use crate::fleet::{Fleet, Presented, Transport};
 use crate::proto::opamp_msgs as pb;
 
 /// OpAMP WebSocket transport (authenticated before the upgrade).
@@ -41,7 +41,49 @@ pub fn frame(msg: &impl Message) -> Vec<u8> {
     out
 }
 
-async fn serve(mut socket: WebSocket, fleet: Fleet, auth: Authenticated) {
+/// The next AgentToServer on the socket (`None`: closed or malformed).
+async fn next_message(socket: &mut WebSocket) -> Option<pb::AgentToServer> {
+    loop {
+        match socket.recv().await? {
+            Ok(WsMessage::Binary(data)) => return unframe(&data).and_then(|b| pb::AgentToServer::decode(b).ok()),
+            Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn serve(mut socket: WebSocket, fleet: Fleet, presented: Presented) {
+    // An agent on the enrollment-token path is enrolled (or resumed) by the
+    // uid of its first message, so the session opens after reading it.
+    let mut first = None;
+    let auth = match presented {
+        Presented::Collector(auth) => auth,
+        pending => {
+            let Some(msg) = next_message(&mut socket).await else {
+                return;
+            };
+            match fleet.admit(pending, &msg).await {
+                Ok(auth) => {
+                    first = Some(msg);
+                    auth
+                }
+                Err(e) => {
+                    let refusal = pb::ServerToAgent {
+                        instance_uid: msg.instance_uid,
+                        error_response: Some(pb::ServerErrorResponse {
+                            r#type: pb::ServerErrorResponseType::BadRequest as i32,
+                            error_message: tonic::Status::from(ApiError::from(e)).message().to_string(),
+                            details: None,
+                        }),
+                        ..Default::default()
+                    };
+                    let _ = socket.send(WsMessage::Binary(frame(&refusal).into())).await;
+                    let _ = socket.send(WsMessage::Close(None)).await;
+                    return;
+                }
+            }
+        }
+    };
     let (conn, mut rx) = match fleet.open_stream(auth, Transport::WebSocket).await {
         Ok(x) => x,
         Err(e) => {
@@ -49,6 +91,12 @@ async fn serve(mut socket: WebSocket, fleet: Fleet, auth: Authenticated) {
             return;
         }
     };
+    if let Some(msg) = first {
+        if fleet.handle_stream(&conn, msg).await.is_err() {
+            fleet.close(&conn);
+            return;
+        }
+    }
     loop {
         tokio::select! {
             incoming = socket.recv() => {

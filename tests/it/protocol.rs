@@ -65,7 +65,11 @@ fn sim_config(s: &TestServer, transport: SimTransport, n: usize, token: &str) ->
 
 async fn fleet_applies(transport: SimTransport, n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let s = start_fresh(dir.path()).await;
+    // The whole fleet enrolls from one address at once: above the
+    // per-address limit of POST /enroll, which is not under test here.
+    let mut config = test_config(dir.path());
+    config.auth.enroll_attempts_per_minute = 100_000;
+    let s = start(open_store(dir.path()).await, config).await;
     let admin = admin(&s.base).await;
     let token = api_token(&s.base, &admin).await;
     let (_, enroll) = enrollment_token(&s.base, &admin, json!({"name":"fleet"})).await;
@@ -568,4 +572,156 @@ async fn a_stopping_instance_hands_its_collectors_back_at_once() {
     assert_eq!(summary(&b.base, &token).await["connected"], 0);
     sim.stop();
     b.stop().await;
+}
+
+/// Standard agents given only the URL and an enrollment token: enrolled on
+/// their first message, offered a credential of their own (and where to
+/// send their own metrics), switched to it; then a rotation through the API
+/// is delivered the same way. No installable agent takes connection
+/// settings, so the simulator plays the agent.
+async fn token_only_agents_switch_to_their_own_credentials(transport: SimTransport) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.public_url = Some("https://linkmesh.example".into());
+    let s = start(open_store(dir.path()).await, config).await;
+    let admin = admin(&s.base).await;
+    let token = api_token(&s.base, &admin).await;
+    set_default(&s.base, &token, "receivers:\n  otlp: {}\n").await;
+    let (token_id, enroll) = enrollment_token(
+        &s.base,
+        &admin,
+        json!({"name":"edge","max_uses":3,"labels":{"site":"edge"}}),
+    )
+    .await;
+    let behaviour = linkmesh::sim::SimBehaviour {
+        token_only: true,
+        accepts_connection_settings: true,
+        ..Default::default()
+    };
+    let sim = Sim::start_with(sim_config(&s, transport, 3, &enroll), behaviour)
+        .await
+        .unwrap();
+    assert!(
+        sim.wait_all(Duration::from_secs(60), |a| a.connected
+            && a.credentials_adopted == 1
+            && a.config_hash.is_some())
+            .await,
+        "{:?}",
+        sim.stats()
+    );
+    for a in sim.stats() {
+        assert!(a.bearer.starts_with("lmc_"), "{a:?}");
+        assert_eq!(
+            a.own_metrics,
+            Some((
+                "https://linkmesh.example/v1/metrics".to_string(),
+                format!("Bearer {}", a.bearer)
+            ))
+        );
+        let d = get_json(&s.base, &token, &format!("/api/v1/collectors/{}", a.collector_id)).await;
+        assert_eq!(d["labels"]["site"], "edge", "{d}");
+        // The token path for this uid is closed once it switched.
+        let err = grpc_session(&s.grpc, &enroll, &uid_bytes(&a.collector_id))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(err.message().contains("already enrolled"), "{}", err.message());
+    }
+    let tokens = get_json(&s.base, &token, "/api/v1/enrollment-tokens").await;
+    let t = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == token_id.as_str())
+        .unwrap();
+    assert_eq!(t["uses"], 3, "one use per agent, none for reconnects");
+
+    // Rotation: delivered on the session, the agent switches again, the
+    // replaced credential is refused afterwards.
+    let first = sim.stats()[0].clone();
+    let r: Value = admin
+        .post(format!(
+            "{}/api/v1/collectors/{}/rotate-credential",
+            s.base, first.collector_id
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["delivery"], "connection_settings", "{r}");
+    assert!(r["credential"].is_null());
+    assert!(
+        sim.wait_all(Duration::from_secs(60), |a| a.collector_id != first.collector_id
+            || (a.credentials_adopted == 2 && a.connected))
+            .await,
+        "{:?}",
+        sim.stats()
+    );
+    let now = sim.stats()[0].clone();
+    assert_ne!(now.bearer, first.bearer);
+    let old = grpc_session(&s.grpc, &first.bearer, &uid_bytes(&first.collector_id))
+        .await
+        .unwrap_err();
+    assert_eq!(old.code(), tonic::Code::Unauthenticated);
+    assert!(grpc_session(&s.grpc, &now.bearer, &uid_bytes(&now.collector_id))
+        .await
+        .is_ok());
+
+    let audit = get_json(&s.base, &token, "/api/v1/audit?action=collector.").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "collector.enroll",
+        "collector.credential_offered",
+        "collector.credential_adopted",
+        "collector.rotate_credential",
+    ] {
+        assert!(actions.contains(&wanted), "{wanted} missing from {actions:?}");
+    }
+    sim.stop();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_only_agents_over_grpc_switch_to_their_own_credentials() {
+    token_only_agents_switch_to_their_own_credentials(SimTransport::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_only_agents_over_websocket_switch_to_their_own_credentials() {
+    token_only_agents_switch_to_their_own_credentials(SimTransport::WebSocket).await;
+}
+
+/// An agent with an empty uid is given one and enrolled under it; a used-up
+/// token is refused with the reason on the OpAMP stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_contact_assigns_a_uid_and_refuses_a_used_up_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let admin = admin(&s.base).await;
+    let (_, enroll) = enrollment_token(&s.base, &admin, json!({"name":"one","max_uses":1})).await;
+    let (_tx, mut stream) = grpc_session(&s.grpc, &enroll, &[]).await.unwrap();
+    let reply = stream.message().await.unwrap().unwrap();
+    let uid = reply.agent_identification.expect("a uid is assigned").new_instance_uid;
+    let id = uuid::Uuid::from_slice(&uid).unwrap().to_string();
+    let d: Value = admin
+        .get(format!("{}/api/v1/collectors/{id}", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["id"], id.as_str(), "{d}");
+    let other = uuid::Uuid::now_v7();
+    let err = grpc_session(&s.grpc, &enroll, other.as_bytes()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("used up"), "{}", err.message());
+    s.stop().await;
 }
