@@ -23,7 +23,9 @@ pub struct Authenticated {
     pub uid_assigned: bool,
 }
 
-/// What a connecting agent presented, before its first message.
+/// What a connecting agent presented, before its first message. Lives only
+/// until the session opens, so the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Presented {
     /// Its own credential (or client certificate).
     Collector(Authenticated),
