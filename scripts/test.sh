@@ -33,6 +33,10 @@ export LINKMESH_TEST_OTELCOL="$otelcol_dir/otelcol-contrib"
 step "OTLP sender for own-telemetry tests (OpenTelemetry Python SDK from PyPI)"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/owntelemetry/requirements.txt
 
+step "Shell lint of the served install script (Debian shellcheck)"
+command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; }
+shellcheck -s sh scripts/install-opamp.sh
+
 step "Format and lint"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
