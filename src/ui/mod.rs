@@ -26,6 +26,8 @@
 
 pub mod assets;
 mod canvas;
+mod collectors;
+mod config;
 pub mod layout;
 mod overview;
 mod session;
@@ -43,5 +45,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .merge(session::routes())
         .merge(assets::routes())
         .merge(overview::routes())
+        .merge(collectors::routes())
+        .merge(config::routes())
         .merge(canvas::routes())
 }
