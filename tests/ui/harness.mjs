@@ -111,13 +111,17 @@ export class Api {
  * Start a server. Returns { base, grpc, dir, repo, admin (Api), stop(),
  * commit(file, text, message), log() }.
  */
-export async function startServer({ name = "ui" } = {}) {
+export async function startServer({ name = "ui", publish = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), `linkmesh-${name}-`));
   const repo = join(dir, "fleet-config");
   cpSync(join(repoRoot, "config", "examples", "fleet-config"), repo, { recursive: true });
   git(repo, "init", "-q", "-b", "main");
   git(repo, "add", "-A");
   git(repo, "commit", "-q", "-m", "Initial fleet config");
+  // publish: serve a bare clone with config_store.allow_publish (the server
+  // refuses to publish to a branch checked out in a work tree).
+  const served = publish ? join(dir, "fleet-config.git") : repo;
+  if (publish) git(dir, "clone", "-q", "--bare", repo, served);
   const pwFile = join(dir, "admin-password");
   writeFileSync(pwFile, ADMIN_PASSWORD + "\n", { mode: 0o600 });
   const http = await freePort();
@@ -144,9 +148,10 @@ bootstrap_admin_username = "admin"
 bootstrap_admin_password_file = "${pwFile}"
 
 [config_store]
-url = "${repo}"
+url = "${served}"
 branch = "main"
 poll_interval = "2s"
+allow_publish = ${publish}
 
 [telemetry]
 log_format = "pretty"
@@ -166,6 +171,7 @@ log_level = "warn"
     grpc: `http://127.0.0.1:${grpcPort}`,
     dir,
     repo,
+    served,
     proc,
     log: () => readFileSync(logFile, "utf8"),
     async commit(file, text, message) {
