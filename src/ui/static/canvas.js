@@ -276,8 +276,11 @@ $("#route-form")?.addEventListener("submit", (ev) => {
       return;
     }
     const old = routes.get(name) ?? {};
-    const route = { ...old, priority: +$("#rf-priority").value, final: $("#rf-final").checked, selector,
-      pipelines: [...$("#rf-pipelines").querySelectorAll("input:checked")].map((i) => i.value) };
+    // Keep the route's pipeline order; newly ticked ones go last.
+    const ticked = [...$("#rf-pipelines").querySelectorAll("input:checked")].map((i) => i.value);
+    const kept = (old.pipelines ?? []).filter((p) => ticked.includes(p));
+    const pipelines = [...kept, ...ticked.filter((p) => !kept.includes(p))];
+    const route = { ...old, priority: +$("#rf-priority").value, final: $("#rf-final").checked, selector, pipelines };
     delete route.file;
     draft = [...others, { op: "set", name, route }];
   }
