@@ -23,7 +23,11 @@ const FILES: &[(&str, &[u8], &str)] = &[
         include_bytes!("static/app.js"),
         "text/javascript; charset=utf-8",
     ),
-    ("canvas.css", include_bytes!("static/canvas.css"), "text/css; charset=utf-8"),
+    (
+        "canvas.css",
+        include_bytes!("static/canvas.css"),
+        "text/css; charset=utf-8",
+    ),
     (
         "canvas.js",
         include_bytes!("static/canvas.js"),

@@ -112,9 +112,13 @@ fn layout_nodes(g: &Graph, doc: &serde_json::Value) -> Vec<Node> {
         };
         cols[1].push(node("pipeline", &p.name, signals.join(", "), chain));
     }
-    for (i, (kind, list)) in [("source", &g.sources), ("processor", &g.processors), ("destination", &g.destinations)]
-        .into_iter()
-        .enumerate()
+    for (i, (kind, list)) in [
+        ("source", &g.sources),
+        ("processor", &g.processors),
+        ("destination", &g.destinations),
+    ]
+    .into_iter()
+    .enumerate()
     {
         for c in list {
             cols[i + 2].push(node(kind, &c.name, c.component_type.clone(), String::new()));
@@ -181,11 +185,17 @@ async fn page(State(s): State<Arc<AppState>>, v: Viewer) -> Result<Html<String>,
     let (graph, revision) = match &snapshot {
         Some(snap) => {
             let targets = s.domain.route_targets(&v.actor).await?;
-            (Some(draft::graph(&snap.resources, &targets)), Some(snap.revision.clone()))
+            (
+                Some(draft::graph(&snap.resources, &targets)),
+                Some(snap.revision.clone()),
+            )
         }
         None => (None, None),
     };
-    let nodes = graph.as_ref().map(|g| layout_nodes(g, &canvas.document)).unwrap_or_default();
+    let nodes = graph
+        .as_ref()
+        .map(|g| layout_nodes(g, &canvas.document))
+        .unwrap_or_default();
     let edges = graph.as_ref().map(|g| edges(g, &nodes)).unwrap_or_default();
     let width = nodes.iter().map(|n| n.x + NODE_W).max().unwrap_or(0) + MARGIN;
     let height = nodes.iter().map(|n| n.y + NODE_H).max().unwrap_or(0) + MARGIN;
