@@ -248,6 +248,10 @@ pub async fn run_with_store(
         config.fleet.telemetry_rollup_interval,
         stop_rx.clone(),
     ));
+    // Every instance obeys the one stored emergency config override.
+    let override_follower = config_store
+        .clone()
+        .map(|cs| tokio::spawn(domain::follow_config_override(domain.clone(), cs)));
     let mut web = web;
     let mut grpc = grpc;
     let result = tokio::select! {
@@ -279,6 +283,9 @@ pub async fn run_with_store(
     };
     sweeper.abort();
     let _ = rollups.await;
+    if let Some(f) = override_follower {
+        f.abort();
+    }
     fleet.shutdown().await;
     if let Some(cs) = &config_store {
         cs.stop();

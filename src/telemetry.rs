@@ -43,6 +43,7 @@ pub struct Metrics {
     own_telemetry_rollups: Counter,
     /// Collectors whose own telemetry this instance holds in memory.
     pub own_telemetry_collectors: Gauge,
+    config_override: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -132,6 +133,12 @@ impl Metrics {
             "Collectors whose own telemetry this instance holds in memory",
             own_telemetry_collectors.clone(),
         );
+        let config_override = Family::<Labels, Gauge>::default();
+        registry.register(
+            "config_override_active",
+            "1 while an emergency override makes this instance serve an earlier config commit (label: that commit)",
+            config_override.clone(),
+        );
         Metrics {
             registry,
             change_feed_failures,
@@ -147,6 +154,7 @@ impl Metrics {
             own_telemetry_points,
             own_telemetry_rollups,
             own_telemetry_collectors,
+            config_override,
         }
     }
 
@@ -173,6 +181,23 @@ impl Metrics {
             .set(1);
         self.config_reloads.inc();
         self.config_head_valid.set(1);
+    }
+
+    /// The commit served changed because an emergency override was set
+    /// (`Some(commit)`) or cleared (`None`, serving `tip`); not a reload.
+    pub fn config_override(&self, commit: Option<&str>, serving: Option<&str>) {
+        self.config_override.clear();
+        if let Some(c) = commit {
+            self.config_override
+                .get_or_create(&vec![("commit", c.to_string())])
+                .set(1);
+        }
+        self.config_revision.clear();
+        if let Some(c) = serving {
+            self.config_revision
+                .get_or_create(&vec![("commit", c.to_string())])
+                .set(1);
+        }
     }
 
     /// A config commit was refused as invalid.

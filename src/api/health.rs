@@ -34,6 +34,10 @@ pub struct Health {
     /// (absent with the embedded store).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change_feed: Option<crate::storage::FeedHealth>,
+    /// The commit an emergency config override makes this instance serve
+    /// (ready, but not serving the branch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_override: Option<String>,
 }
 
 /// The process is alive.
@@ -45,6 +49,7 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION").into(),
         reason: None,
         change_feed: None,
+        config_override: None,
     })
 }
 
@@ -93,12 +98,19 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let config_override = s
+        .config_store
+        .as_ref()
+        .and_then(|cs| cs.status().override_)
+        .filter(|o| o.applied)
+        .map(|o| o.active.commit);
     let body = Health {
         status: if reason.is_none() { "ready" } else { "not ready" }.into(),
         instance: s.instance.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         reason,
         change_feed,
+        config_override,
     };
     (status, Json(body))
 }

@@ -145,6 +145,26 @@ pub fn branch_tip(repo: &gix::Repository, branch: &str) -> Result<Option<gix::Ob
     Ok(Some(commit.id))
 }
 
+/// The commit a full or abbreviated (at least 4 hex digits) id names, if
+/// the repository has exactly one. Only ids: revision expressions
+/// (`HEAD~1`, branch names) would mean different commits on different
+/// instances' mirrors.
+pub fn resolve_commit(repo: &gix::Repository, id: &str) -> Result<Option<gix::ObjectId>, ConfigStoreError> {
+    let id = id.trim();
+    if !(4..=40).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ConfigStoreError::Git(format!(
+            "{id:?} is not a commit id (4 to 40 hex digits)"
+        )));
+    }
+    let Ok(found) = repo.rev_parse_single(id) else {
+        return Ok(None);
+    };
+    match found.object().map(|o| o.try_into_commit()) {
+        Ok(Ok(c)) => Ok(Some(c.id)),
+        _ => Ok(None),
+    }
+}
+
 /// A commit's revision info and the config files below `dir`.
 pub struct CommitFiles {
     pub revision: Revision,

@@ -21,6 +21,7 @@
 
 mod catalogue;
 mod collector;
+mod diff;
 pub mod draft;
 mod git;
 mod parse;
@@ -44,11 +45,15 @@ use crate::clock::Timestamp;
 
 pub use catalogue::{Spec as CatalogueSpec, CATALOGUE};
 pub use collector::{distinct_renders, CheckFailure, CollectorValidator, RenderTarget, Verdict};
+pub use diff::unified as unified_diff;
 pub use git::check_url;
 pub use parse::{files_from_dir, SourceFile};
 pub use render::Rendered;
 pub use schema::{Component, Expression, Kind, Operator, Pipeline, Resources, Route, Selector, Signal};
-pub use store::{mirror_dir, Attempt, ConfigStoreHandle, FetchStatus, StoreOptions, StoreStatus};
+pub use store::{
+    mirror_dir, ActiveOverride, Attempt, ConfigStoreHandle, FetchStatus, HistoryEntry, HistoryOutcome, LoadCommitError,
+    OverrideStatus, StoreOptions, StoreStatus, HISTORY_LEN,
+};
 
 /// The commit a snapshot was read from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]

@@ -5,6 +5,7 @@
 //! Stages: load, validate, then apply (swap the snapshot) or keep the old
 //! one, with the outcome in the status, metrics and log.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,7 +54,66 @@ pub struct StoreStatus {
     pub reloads: u64,
     /// Invalid commits refused since start.
     pub reload_failures: u64,
+    /// The emergency override, when one is set: the fleet is served
+    /// `override.commit` instead of the branch tip.
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<OverrideStatus>,
 }
+
+/// An emergency override as stored (set by an admin for the whole fleet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ActiveOverride {
+    /// Full commit id to serve.
+    pub commit: String,
+    pub reason: String,
+    pub set_by: String,
+    pub set_at: Timestamp,
+}
+
+/// The override and whether this instance serves it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OverrideStatus {
+    #[serde(flatten)]
+    pub active: ActiveOverride,
+    /// This instance serves the override's commit.
+    pub applied: bool,
+    /// Why this instance cannot serve it (e.g. its mirror does not have the
+    /// commit yet); it keeps serving what it served and retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What became of a commit the instance considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryOutcome {
+    /// Valid and served (the branch tip).
+    Served,
+    /// Refused: see `errors`; the previous commit kept serving.
+    Refused,
+    /// Served (or held back), then replaced by a newer valid commit.
+    Superseded,
+    /// Valid, but an emergency override serves another commit instead.
+    HeldByOverride,
+}
+
+/// One commit the instance considered, newest first in the history.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HistoryEntry {
+    pub revision: Revision,
+    pub outcome: HistoryOutcome,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ValidationError>,
+    /// The commit that replaced it (outcome `superseded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
+    pub considered_at: Timestamp,
+    pub load_ms: u64,
+}
+
+/// How many commits the history keeps (per instance, in memory).
+pub const HISTORY_LEN: usize = 200;
 
 /// One commit's validation.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -109,8 +169,16 @@ struct Shared {
     /// without locking, subscribers are woken on every swap.
     snapshot: watch::Sender<Option<Arc<Snapshot>>>,
     /// A std mutex: held only to copy or update a few fields, never across
-    /// an await.
+    /// an await. Also guards `tip` and `history`, which change together with
+    /// the status.
     status: Mutex<StoreStatus>,
+    /// The last valid branch tip: served unless an override is applied.
+    tip: Mutex<Option<Arc<Snapshot>>>,
+    /// Commits considered, newest first.
+    history: Mutex<VecDeque<HistoryEntry>>,
+    /// Serialises override changes (loading the override's commit awaits);
+    /// a tokio mutex because it is held across that await.
+    override_lock: tokio::sync::Mutex<()>,
     /// Wakes the reload loop (notify events, `refresh()`).
     wake: mpsc::Sender<()>,
     /// Tells a running gix fetch to give up (on stop).
@@ -120,6 +188,20 @@ struct Shared {
     /// `config_store.collector_validator`: checks every distinct render of
     /// a commit that passed our own rules.
     validator: Option<CollectorValidator>,
+}
+
+/// Why a commit could not be loaded on request.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadCommitError {
+    #[error("no commit {0:?} in the config repository")]
+    NotFound(String),
+    #[error("commit {commit} is not a valid config commit: {}", errors.first().map(ToString::to_string).unwrap_or_default())]
+    Invalid {
+        commit: String,
+        errors: Vec<ValidationError>,
+    },
+    #[error("{0}")]
+    Repository(String),
 }
 
 /// What the loop reads from.
@@ -215,10 +297,14 @@ impl ConfigStoreHandle {
             repository_error: None,
             reloads: 0,
             reload_failures: 0,
+            override_: None,
         };
         let shared = Arc::new(Shared {
             snapshot: watch::Sender::new(None),
             status: Mutex::new(status),
+            tip: Mutex::new(None),
+            history: Mutex::new(VecDeque::new()),
+            override_lock: tokio::sync::Mutex::new(()),
             wake: wake_tx.clone(),
             interrupt: AtomicBool::new(false),
             source,
@@ -277,6 +363,125 @@ impl ConfigStoreHandle {
     /// poll.
     pub fn refresh(&self) {
         let _ = self.shared.wake.try_send(());
+    }
+
+    /// Commits this instance considered, newest first (at most
+    /// [`HISTORY_LEN`]).
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        lock(&self.shared.history).iter().cloned().collect()
+    }
+
+    /// Read a commit of the repository (full or abbreviated id) and check
+    /// it with every rule, the collector validator included: what an
+    /// override may serve.
+    pub async fn checked_commit(&self, id: &str) -> Result<Arc<Snapshot>, LoadCommitError> {
+        let snapshot = self.load_commit(id).await?;
+        if let Some(v) = &self.shared.validator {
+            let verdict = v.check_commit(&snapshot.resources, &snapshot.revision.commit).await;
+            if !verdict.errors.is_empty() {
+                return Err(LoadCommitError::Invalid {
+                    commit: snapshot.revision.commit.clone(),
+                    errors: verdict.errors,
+                });
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Read a commit of the repository (full or abbreviated id) and check
+    /// it with our own rules (not the collector: for diffs and previews).
+    pub async fn load_commit(&self, id: &str) -> Result<Arc<Snapshot>, LoadCommitError> {
+        let s = self.shared.clone();
+        let spec = id.to_string();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let repo =
+                git::open(&s.source.repo_path, Vec::new()).map_err(|e| LoadCommitError::Repository(e.to_string()))?;
+            let oid = git::resolve_commit(&repo, &spec)
+                .map_err(|e| LoadCommitError::Repository(e.to_string()))?
+                .ok_or_else(|| LoadCommitError::NotFound(spec.clone()))?;
+            let commit = git::read_commit(&repo, oid, s.source.dir.as_deref())
+                .map_err(|e| LoadCommitError::Repository(e.to_string()))?;
+            let resources = commit.files.map_err(|e| vec![e]).and_then(|files| load_files(&files));
+            Ok::<_, LoadCommitError>((commit.revision, resources))
+        })
+        .await
+        .map_err(|e| LoadCommitError::Repository(format!("config store task failed: {e}")))??;
+        let (revision, resources) = loaded;
+        let resources = resources.map_err(|errors| LoadCommitError::Invalid {
+            commit: revision.commit.clone(),
+            errors,
+        })?;
+        Ok(Arc::new(Snapshot { revision, resources }))
+    }
+
+    /// Serve `wanted`'s commit instead of the branch tip, or the tip again
+    /// (`None`). Idempotent: the override follower calls it on every change
+    /// of the stored override and periodically. A commit this instance
+    /// cannot load is reported in the status and retried on the next call;
+    /// the instance keeps serving what it served.
+    pub async fn apply_override(&self, wanted: Option<ActiveOverride>) {
+        let _serial = self.shared.override_lock.lock().await;
+        let current = lock(&self.shared.status).override_.clone();
+        let shared = &self.shared;
+        match (wanted, current) {
+            (None, None) => {}
+            (None, Some(old)) => {
+                let mut st = lock(&shared.status);
+                st.override_ = None;
+                let tip = lock(&shared.tip).clone();
+                st.serving = tip.as_ref().map(|t| t.revision.clone());
+                if let Some(m) = shared.options.metrics.as_deref() {
+                    m.config_override(None, tip.as_ref().map(|t| t.revision.commit.as_str()));
+                }
+                for e in lock(&shared.history).iter_mut() {
+                    if e.outcome == HistoryOutcome::HeldByOverride {
+                        e.outcome = HistoryOutcome::Served;
+                    }
+                }
+                tracing::info!(commit = %old.active.commit, serving = tip.as_ref().map(|t| t.revision.commit.as_str()).unwrap_or("nothing"),
+                    "The emergency config override was cleared; serving the branch again.");
+                drop(st);
+                shared.snapshot.send_replace(tip);
+            }
+            (Some(w), Some(c)) if c.active == w && c.applied => {}
+            (Some(w), _) => match self.checked_commit(&w.commit).await {
+                Ok(snapshot) => {
+                    let mut st = lock(&shared.status);
+                    st.override_ = Some(OverrideStatus {
+                        active: w.clone(),
+                        applied: true,
+                        error: None,
+                    });
+                    st.serving = Some(snapshot.revision.clone());
+                    if let Some(m) = shared.options.metrics.as_deref() {
+                        m.config_override(Some(&snapshot.revision.commit), Some(&snapshot.revision.commit));
+                    }
+                    for e in lock(&shared.history).iter_mut() {
+                        if e.outcome == HistoryOutcome::Served {
+                            e.outcome = HistoryOutcome::HeldByOverride;
+                        }
+                    }
+                    tracing::warn!(commit = %w.commit, set_by = %w.set_by, reason = %w.reason,
+                        "Serving an earlier config commit: an emergency override is set.");
+                    drop(st);
+                    shared.snapshot.send_replace(Some(snapshot));
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let mut st = lock(&shared.status);
+                    let known = st.override_.as_ref().and_then(|o| o.error.clone());
+                    if known.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!(commit = %w.commit, error = %msg, "Cannot serve the emergency config override on this instance.");
+                    }
+                    let applied = st.override_.as_ref().is_some_and(|o| o.applied);
+                    st.override_ = Some(OverrideStatus {
+                        active: w,
+                        applied,
+                        error: Some(msg),
+                    });
+                }
+            },
+        }
     }
 
     /// Stop the watcher and poller (also when the last handle is dropped).
@@ -478,14 +683,39 @@ fn apply(shared: &Shared, fetched: Option<Result<(), String>>, outcome: Outcome)
                         load_ms,
                         resources: count,
                     });
-                    st.serving = Some(revision.clone());
                     st.reloads += 1;
+                    let held = st.override_.as_ref().is_some_and(|o| o.applied);
+                    record(
+                        shared,
+                        HistoryEntry {
+                            revision: revision.clone(),
+                            outcome: if held {
+                                HistoryOutcome::HeldByOverride
+                            } else {
+                                HistoryOutcome::Served
+                            },
+                            errors: Vec::new(),
+                            superseded_by: None,
+                            considered_at: now,
+                            load_ms,
+                        },
+                    );
+                    let snapshot = Arc::new(Snapshot {
+                        revision: revision.clone(),
+                        resources,
+                    });
+                    *lock(&shared.tip) = Some(snapshot.clone());
+                    if held {
+                        tracing::info!(commit = %revision.commit, resources = count, load_ms,
+                            "A new valid config commit is held back: an emergency override is set.");
+                        return;
+                    }
+                    st.serving = Some(revision.clone());
                     if let Some(m) = metrics {
                         m.config_serving(&revision.commit);
                     }
                     tracing::info!(commit = %revision.commit, resources = count, load_ms, author = %revision.author,
                         "Serving a new config commit.");
-                    let snapshot = Arc::new(Snapshot { revision, resources });
                     // Swap after releasing the status lock: a subscriber that
                     // holds a borrow of the snapshot and asks for the status
                     // must not wait on us while we wait on its borrow.
@@ -500,6 +730,17 @@ fn apply(shared: &Shared, fetched: Option<Result<(), String>>, outcome: Outcome)
                     for e in &errors {
                         tracing::debug!(commit = %revision.commit, file = %e.file, key = %e.key, "{}", e.message);
                     }
+                    record(
+                        shared,
+                        HistoryEntry {
+                            revision: revision.clone(),
+                            outcome: HistoryOutcome::Refused,
+                            errors: errors.clone(),
+                            superseded_by: None,
+                            considered_at: now,
+                            load_ms,
+                        },
+                    );
                     st.last_attempt = Some(Attempt {
                         revision,
                         valid: false,
@@ -516,6 +757,22 @@ fn apply(shared: &Shared, fetched: Option<Result<(), String>>, outcome: Outcome)
             }
         }
     }
+}
+
+/// Add a considered commit to the history. A valid one supersedes the
+/// commits served or held before it.
+fn record(shared: &Shared, entry: HistoryEntry) {
+    let mut h = lock(&shared.history);
+    if entry.outcome != HistoryOutcome::Refused {
+        for e in h.iter_mut() {
+            if matches!(e.outcome, HistoryOutcome::Served | HistoryOutcome::HeldByOverride) {
+                e.outcome = HistoryOutcome::Superseded;
+                e.superseded_by = Some(entry.revision.commit.clone());
+            }
+        }
+    }
+    h.push_front(entry);
+    h.truncate(HISTORY_LEN);
 }
 
 fn set_repository_error(st: &mut StoreStatus, msg: String) {

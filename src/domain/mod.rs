@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod canvas;
 mod collectors;
+mod config_override;
 pub mod credentials;
 mod enrollment;
 pub mod records;
@@ -29,6 +30,7 @@ pub use credentials::{OfferedCredential, RotatedCredential};
 pub use enrollment::{
     EnrollRequest, Enrolled, EnrollmentTokenCreated, EnrollmentTokenView, FirstContact, NewEnrollmentToken,
 };
+pub use config_override::{follow_config_override, ConfigOverride};
 pub use records::*;
 pub use users::{NewUser, UserUpdate, UserView};
 

@@ -50,10 +50,12 @@ pub enum Table {
     ServerInstances,
     ConfigAssignments,
     CollectorTelemetry,
+    /// Fleet-wide config control: the emergency override.
+    ConfigControl,
 }
 
 impl Table {
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Collectors,
         Table::CollectorCredentials,
         Table::CollectorStatus,
@@ -67,6 +69,7 @@ impl Table {
         Table::ServerInstances,
         Table::ConfigAssignments,
         Table::CollectorTelemetry,
+        Table::ConfigControl,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +87,7 @@ impl Table {
             Table::ServerInstances => "server_instances",
             Table::ConfigAssignments => "config_assignments",
             Table::CollectorTelemetry => "collector_telemetry",
+            Table::ConfigControl => "config_control",
         }
     }
 }

@@ -149,6 +149,15 @@ async fn openapi_document_covers_every_route() {
         "POST /v1/metrics",
         "GET /api/v1/collectors/{id}/telemetry",
         "GET /api/v1/telemetry/components",
+        "GET /api/v1/config/history",
+        "POST /api/v1/config/render-diff",
+        "GET /api/v1/config/override",
+        "PUT /api/v1/config/override",
+        "DELETE /api/v1/config/override",
+        "GET /api/v1/routing",
+        "POST /api/v1/routing/drafts/preview",
+        "POST /api/v1/routing/drafts/publish",
+        "POST /api/v1/routing/drafts/patch",
     ]
     .into_iter()
     .map(String::from)
