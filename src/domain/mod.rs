@@ -26,11 +26,11 @@ pub use audit::AuditQuery;
 pub use auth::{ApiTokenCreated, ApiTokenView, LoginResult, NewApiToken};
 pub use canvas::CanvasDoc;
 pub use collectors::{CollectorView, DEFAULT_ASSIGNMENT};
+pub use config_override::{follow_config_override, ConfigOverride};
 pub use credentials::{OfferedCredential, RotatedCredential};
 pub use enrollment::{
     EnrollRequest, Enrolled, EnrollmentTokenCreated, EnrollmentTokenView, FirstContact, NewEnrollmentToken,
 };
-pub use config_override::{follow_config_override, ConfigOverride};
 pub use records::*;
 pub use users::{NewUser, UserUpdate, UserView};
 
