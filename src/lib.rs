@@ -11,6 +11,8 @@ pub mod config;
 pub mod configstore;
 pub mod domain;
 pub mod fleet;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod owntelemetry;
 pub mod sim;
 pub mod storage;

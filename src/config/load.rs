@@ -193,10 +193,16 @@ fn deserialize_collecting(mut table: toml::Table, errors: &mut Vec<ConfigError>)
 
 fn dotted(segments: &[String]) -> String {
     if segments.is_empty() {
-        "(root)".into()
-    } else {
-        segments.join(".")
+        return "(root)".into();
     }
+    // Keys that are not bare TOML keys (empty, dotted, spaced) are quoted,
+    // so the path still names them (found by fuzzing: `"" = 0`).
+    let bare = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    segments
+        .iter()
+        .map(|k| if bare(k) { k.clone() } else { format!("{k:?}") })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn backticked_after(message: &str, prefix: &str) -> Option<String> {

@@ -21,7 +21,7 @@ pub const CONTENT_TYPE: &str = "application/x-protobuf";
 const GZIP_MIN: usize = 1024;
 
 /// The body, decompressed if needed, never larger than `limit`.
-fn decode_body(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Vec<u8>, (StatusCode, String)> {
+pub(crate) fn decode_body(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Vec<u8>, (StatusCode, String)> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

@@ -165,7 +165,7 @@ async fn openapi_document_covers_every_route() {
     assert_eq!(documented, expected);
 
     // Each documented route is routed: never the fallback 404 nor a 405.
-    let a = admin(&s.base).await;
+    let mut a = admin(&s.base).await;
     for route in &documented {
         let (method, path) = route.split_once(' ').unwrap();
         let url = format!(
@@ -185,7 +185,7 @@ async fn openapi_document_covers_every_route() {
         assert_ne!(status, 405, "{route}");
         assert!(!body.contains("no such route"), "{route} is documented but not routed");
         if route == "POST /api/v1/auth/logout" {
-            break; // logs the client out; it is the last route that needs auth in order
+            a = admin(&s.base).await; // that logged the client out: the routes after it need auth
         }
     }
     // And an undocumented path is the fallback.
@@ -237,6 +237,56 @@ async fn roles_are_enforced_on_every_area() {
             .status(),
         403
     );
+    // Nor anything about a real collector: every fleet change is refused,
+    // and the collector is left as it was.
+    let (_, token) = enrollment_token(b, &a, json!({"name":"roles","labels":{"env":"prod"}})).await;
+    let enrolled: Value = enroll(b, &token, None).await.json().await.unwrap();
+    let id = enrolled["collector_id"].as_str().unwrap();
+    let before: Value = a
+        .get(format!("{b}/api/v1/collectors/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let files = json!({"files":{"collector.yaml":{"body":"receivers: {}\n"}}});
+    let refused = [
+        viewer.post(format!("{b}/api/v1/collectors/{id}/restart")),
+        viewer
+            .patch(format!("{b}/api/v1/collectors/{id}/labels"))
+            .json(&json!({"labels":{"env":"dev"},"version":before["version"]})),
+        viewer.put(format!("{b}/api/v1/collectors/{id}/config")).json(&files),
+        viewer.delete(format!("{b}/api/v1/collectors/{id}/config")),
+        viewer.put(format!("{b}/api/v1/fleet/default-config")).json(&files),
+        viewer.delete(format!("{b}/api/v1/fleet/default-config")),
+        viewer.post(format!("{b}/api/v1/collectors/{id}/rotate-credential")),
+        viewer.delete(format!("{b}/api/v1/collectors/{id}")),
+    ];
+    for req in refused {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403, "{:?}", r.url().path());
+    }
+    let after: Value = a
+        .get(format!("{b}/api/v1/collectors/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before, after, "a viewer changed a collector");
+    // The credential was not rotated: it still authenticates over OpAMP.
+    let opamp = reqwest::Client::new()
+        .post(format!("{b}/v1/opamp"))
+        .bearer_auth(enrolled["credential"].as_str().unwrap())
+        .header("content-type", "application/x-protobuf")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opamp.status(), 200);
+
     // Editors manage enrollment and the canvas, not users or the audit log.
     assert_eq!(
         editor

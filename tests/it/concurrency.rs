@@ -2,7 +2,7 @@
 //! HA pair): racing edits, racing enrollments, and an interrupted cascade.
 
 use linkmesh::domain::{Collector, CollectorCredential, CollectorStatus, Command, EnrollmentToken, PendingCommands};
-use linkmesh::storage::{Expect, Op, Scan};
+use linkmesh::storage::{Expect, Op, Scan, Table};
 use serde_json::{json, Value};
 
 use super::support::*;
@@ -209,8 +209,10 @@ async fn an_interrupted_deregistration_leaves_nothing_half_deleted() {
     };
     assert_eq!(count(x.store.clone(), id.clone()).await, (1, 2, 1, 2));
 
-    // The cascade fails midway (after 3 of its 7 operations).
-    x.store.fail_next_commit_after(3);
+    // The cascade fails midway (after 3 of its 7 operations). The fault is
+    // armed for the commit that touches this collector only: a presence
+    // heartbeat committed meanwhile cannot take it.
+    x.store.fail_commit_touching(Table::Collectors, &id, 3);
     let r = ax
         .delete(format!("{}/api/v1/collectors/{id}", x.base))
         .send()

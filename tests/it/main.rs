@@ -10,6 +10,7 @@ mod conformance;
 mod durability;
 mod fleet_config;
 mod interop;
+mod matrix;
 mod mtls;
 mod owntelemetry;
 mod protocol;

@@ -342,12 +342,40 @@ async fn http_polling_sessions_time_out_and_heartbeats_write_nothing() {
     for seq in 2..6 {
         assert_eq!(post(seq, false).await.unwrap().status(), 200);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        s.store.get::<CollectorStatus>(&id).await.unwrap().unwrap().version,
-        version,
-        "heartbeats wrote to the store"
-    );
+    // Barrier: one message that does change the status. Statuses are
+    // written in order, so once it is stored any write the heartbeats
+    // caused has landed too; exactly one version later means they wrote
+    // nothing.
+    let change = pb::AgentToServer {
+        instance_uid: uid_bytes(&id),
+        sequence_num: 6,
+        capabilities: 0x1,
+        health: Some(pb::ComponentHealth {
+            healthy: true,
+            status: "barrier".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/opamp", s.base))
+        .bearer_auth(&cred)
+        .header("content-type", "application/x-protobuf")
+        .body(change.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let end = Instant::now() + Duration::from_secs(10);
+    let stored = loop {
+        let v = s.store.get::<CollectorStatus>(&id).await.unwrap().unwrap();
+        if v.value.health.as_ref().is_some_and(|h| h.status == "barrier") {
+            break v;
+        }
+        assert!(Instant::now() < end, "the status change was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stored.version, version + 1, "heartbeats wrote to the store");
     // Silence: the session expires and the collector shows disconnected.
     wait_summary(&s.base, &token, |v| v["connected"] == 0 && v["disconnected"] == 1).await;
     s.stop().await;
