@@ -51,7 +51,10 @@ pub fn config_load(data: &[u8]) {
         Err(errs) => {
             assert!(!errs.errors.is_empty(), "a refused config names no problem");
             for e in &errs.errors {
-                assert!(!e.path.is_empty() && !e.message.is_empty(), "an error without key or message: {e:?}");
+                assert!(
+                    !e.path.is_empty() && !e.message.is_empty(),
+                    "an error without key or message: {e:?}"
+                );
             }
         }
     }
@@ -110,7 +113,10 @@ pub fn fleet_config(data: &[u8]) {
             assert_eq!(a.yaml, b.yaml, "rendering is not deterministic");
             assert_eq!(a.hash, b.hash, "the render hash is not deterministic");
             if !a.pipelines.is_empty() {
-                assert!(a.yaml.contains("service:"), "a render with pipelines has no service section");
+                assert!(
+                    a.yaml.contains("service:"),
+                    "a render with pipelines has no service section"
+                );
             }
         }
         Err(errors) => {
@@ -149,10 +155,16 @@ pub fn credentials(data: &[u8]) {
     }
     let _ = crate::api::extract::cookie_value(&headers, crate::api::extract::SESSION_COOKIE);
     if let Ok(net) = text.parse::<IpNet>() {
-        let again: IpNet = net.to_string().parse().unwrap_or_else(|e| panic!("{net} does not parse back: {e}"));
+        let again: IpNet = net
+            .to_string()
+            .parse()
+            .unwrap_or_else(|e| panic!("{net} does not parse back: {e}"));
         assert_eq!(net, again);
     }
-    let trusted: Vec<IpNet> = ["10.0.0.0/8", "fd00::/8"].iter().filter_map(|s| s.parse().ok()).collect();
+    let trusted: Vec<IpNet> = ["10.0.0.0/8", "fd00::/8"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
     let _ = ClientAddr::resolve("10.0.0.1".parse().ok(), &headers, &trusted);
     // From an untrusted peer the header is the client's own claim: ignored.
     let peer = "203.0.113.1".parse().ok();
@@ -171,7 +183,9 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// the rest is the body; a decoded body must stay within the limit and is
 /// then handled as one AgentToServer.
 pub fn opamp_http_body(data: &[u8]) {
-    let Some((&pick, body)) = data.split_first() else { return };
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
     let mut headers = HeaderMap::new();
     let encoding = ["identity", "gzip", "", " gzip ", "br", "deflate"][usize::from(pick) % 6];
     if pick < 250 {
@@ -180,7 +194,11 @@ pub fn opamp_http_body(data: &[u8]) {
     let body = axum::body::Bytes::copy_from_slice(body);
     match crate::transport::opamp_http::decode_body(&headers, &body, BODY_LIMIT) {
         Ok(raw) => {
-            assert!(raw.len() <= BODY_LIMIT, "a decoded body of {} bytes passed the limit", raw.len());
+            assert!(
+                raw.len() <= BODY_LIMIT,
+                "a decoded body of {} bytes passed the limit",
+                raw.len()
+            );
             if let Ok(msg) = pb::AgentToServer::decode(raw.as_slice()) {
                 let mut state = new_state();
                 let _ = state.process(msg, Some(&desired()), Timestamp(1));
@@ -204,15 +222,25 @@ pub fn opamp_session(data: &[u8]) {
         let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
         let frame = &rest[2..(2 + len).min(rest.len())];
         rest = &rest[(2 + len).min(rest.len())..];
-        let Ok(msg) = pb::AgentToServer::decode(frame) else { continue };
+        let Ok(msg) = pb::AgentToServer::decode(frame) else {
+            continue;
+        };
         now += 1;
         let bound = msg.instance_uid.as_slice() == state.uid;
         match state.process(msg.clone(), Some(&desired), Timestamp(now)) {
             Ok(p) => {
                 assert_eq!(p.reply.instance_uid, msg.instance_uid, "instance_uid not echoed");
                 if !bound {
-                    let id = p.reply.agent_identification.as_ref().map(|a| uid_string(&a.new_instance_uid));
-                    assert_eq!(id.as_deref(), Some(COLLECTOR_ID), "an unbound uid kept without reassignment");
+                    let id = p
+                        .reply
+                        .agent_identification
+                        .as_ref()
+                        .map(|a| uid_string(&a.new_instance_uid));
+                    assert_eq!(
+                        id.as_deref(),
+                        Some(COLLECTOR_ID),
+                        "an unbound uid kept without reassignment"
+                    );
                 }
                 // The same message again changes nothing: no store write,
                 // and the config already offered is not offered twice.
@@ -257,7 +285,9 @@ mod tests {
     use std::path::PathBuf;
 
     fn replay(target: &str, run: fn(&[u8])) {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let path = entry.unwrap().path();

@@ -191,7 +191,10 @@ async fn every_operation_answers_every_caller_as_the_table_says() {
         CALLERS.join(" ")
     );
     let stale: Vec<&String> = table.keys().filter(|op| !operations.contains(op)).collect();
-    assert!(stale.is_empty(), "{TABLE} lists operations the OpenAPI document does not: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "{TABLE} lists operations the OpenAPI document does not: {stale:?}"
+    );
 
     let http = reqwest::Client::new();
     let mut wrong = String::new();
