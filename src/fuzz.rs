@@ -150,7 +150,7 @@ pub fn credentials(data: &[u8]) {
         headers.insert(header::COOKIE, v.clone());
         headers.insert("x-forwarded-for", v);
     }
-    if let Some(token) = crate::api::extract::bearer_token(&headers) {
+    if let Some(token) = crate::transport::bearer_token(&headers) {
         assert_eq!(token, token.trim(), "a bearer token keeps surrounding blanks");
     }
     let _ = crate::api::extract::cookie_value(&headers, crate::api::extract::SESSION_COOKIE);
