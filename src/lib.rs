@@ -173,7 +173,8 @@ pub async fn run_with_store(
         },
         config_store.clone(),
         metrics.clone(),
-    );
+    )
+    .await;
     let own_telemetry = owntelemetry::OwnTelemetry::new(domain.clone(), instance.clone(), metrics.clone());
     let state = Arc::new(api::AppState {
         domain: domain.clone(),

@@ -197,26 +197,45 @@ impl Domain {
         })
     }
 
-    /// Take the pending commands of a collector (delivered by the caller).
-    pub async fn take_commands(&self, collector_id: &str) -> Result<Vec<Command>, DomainError> {
+    /// The commands queued for a collector, oldest first. They stay queued
+    /// until the caller has delivered them (`commands_delivered`), so a
+    /// delivery that fails loses nothing.
+    pub async fn pending_commands(&self, collector_id: &str) -> Result<Vec<Command>, DomainError> {
+        Ok(self
+            .store
+            .get::<PendingCommands>(collector_id)
+            .await?
+            .map(|p| p.value.items)
+            .unwrap_or_default())
+    }
+
+    /// Remove delivered commands; commands queued meanwhile stay.
+    pub async fn commands_delivered(&self, collector_id: &str, ids: &[String]) -> Result<(), DomainError> {
         for _ in 0..super::MAX_ATTEMPTS {
             let Some(cur) = self.store.get::<PendingCommands>(collector_id).await? else {
-                return Ok(vec![]);
+                return Ok(());
             };
-            match self
-                .store
-                .commit(vec![Op::delete::<PendingCommands>(
-                    collector_id,
-                    Expect::Version(cur.version),
-                )])
-                .await
-            {
-                Ok(_) => return Ok(cur.value.items),
+            let mut rest = cur.value.clone();
+            rest.items.retain(|c| !ids.contains(&c.id));
+            if rest.items.len() == cur.value.items.len() {
+                return Ok(());
+            }
+            let expect = Expect::Version(cur.version);
+            let op = if rest.items.is_empty() {
+                Op::delete::<PendingCommands>(collector_id, expect)
+            } else {
+                Op::put(collector_id, &rest, expect)?
+            };
+            match self.store.commit(vec![op]).await {
+                Ok(_) => return Ok(()),
                 Err(StorageError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(vec![])
+        Err(DomainError::Conflict {
+            what: "pending commands",
+            current: None,
+        })
     }
 
     /// Pin a config to a collector, or (`target` = `_default`) set the

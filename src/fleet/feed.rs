@@ -58,12 +58,23 @@ impl Fleet {
                 let Some((ctx, push)) = self.inner.sessions.get(&change.key) else {
                     return;
                 };
-                let mut ctx = ctx.lock().await;
-                ctx.commands_pending = true;
-                // Streams get it now; HTTP agents on their next poll.
-                if let Some(push) = push {
-                    if let Some(cmd) = self.take_command(&change.key, &mut ctx).await {
-                        let _ = push.try_send(cmd);
+                let mut g = ctx.lock().await;
+                g.commands_pending = true;
+                // Streams get it now; HTTP agents on their next poll. Never
+                // wait for room here: one stuck collector would stall the
+                // feed for the whole fleet.
+                let Some(push) = push else { return };
+                let Some(out) = self.command_for(&change.key, &mut g).await else {
+                    return;
+                };
+                match push.try_send(out.msg) {
+                    Ok(()) => {
+                        drop(g);
+                        self.delivered(&change.key, &ctx, out.ids).await;
+                    }
+                    Err(_) => {
+                        tracing::debug!(collector_id = %change.key, "Push queue full; the command is sent with the next report.");
+                        Fleet::undelivered(&mut g, &out.ids);
                     }
                 }
             }

@@ -9,7 +9,8 @@
 use tokio::time::Instant;
 
 use super::auth::Presented;
-use super::registry::{Conn, Push};
+use super::commands::Outgoing;
+use super::registry::{Conn, Push, SharedCtx};
 use super::{Fleet, FleetError, Transport};
 use crate::proto::opamp_msgs as pb;
 
@@ -18,7 +19,7 @@ impl Fleet {
     /// session's stream.
     pub async fn handle_stream(&self, conn: &Conn, msg: pb::AgentToServer) -> Result<(), FleetError> {
         let uid = msg.instance_uid.clone();
-        let (reply, push, disconnect) = match self.process(conn, msg).await {
+        let out = match self.process(conn, msg).await {
             Ok(x) => x,
             Err(FleetError::Session(e)) => {
                 // Tell the agent why before closing (OpAMP error response).
@@ -39,14 +40,22 @@ impl Fleet {
             }
             Err(e) => return Err(e),
         };
-        if let (Some(push), Some(reply)) = (push, reply) {
+        if let Some(push) = &out.push {
             // The agent paces its own messages, so waiting for room here
             // only slows down that agent.
-            if push.send(reply).await.is_err() {
+            if push.send(out.reply).await.is_err() {
                 return Err(FleetError::Closed);
             }
+            // A command travels alone (OpAMP), after the reply; it leaves
+            // the store's queue only once it is on the stream.
+            if let Some(command) = out.command {
+                if push.send(command.msg).await.is_err() {
+                    return Err(FleetError::Closed);
+                }
+                self.delivered(&conn.collector_id, &out.ctx, command.ids).await;
+            }
         }
-        if disconnect {
+        if out.disconnect {
             self.close(conn);
         }
         Ok(())
@@ -75,18 +84,22 @@ impl Fleet {
             },
             None => self.open(auth, Transport::Http, None).await?,
         };
-        let (reply, _, disconnect) = self.process(&conn, msg).await?;
-        if disconnect {
+        let out = self.process(&conn, msg).await?;
+        if out.disconnect {
             self.close(&conn);
         }
-        Ok(reply.unwrap_or_default())
+        // A command travels alone (OpAMP): instead of the reply, whose
+        // content follows on the next poll.
+        match out.command {
+            Some(command) => {
+                self.delivered(&conn.collector_id, &out.ctx, command.ids).await;
+                Ok(command.msg)
+            }
+            None => Ok(out.reply),
+        }
     }
 
-    async fn process(
-        &self,
-        conn: &Conn,
-        msg: pb::AgentToServer,
-    ) -> Result<(Option<pb::ServerToAgent>, Push, bool), FleetError> {
+    async fn process(&self, conn: &Conn, msg: pb::AgentToServer) -> Result<Answer, FleetError> {
         let (ctx, push) = {
             let mut sessions = self.inner.sessions.lock();
             let entry = sessions
@@ -97,24 +110,33 @@ impl Fleet {
             (entry.ctx.clone(), entry.push.clone())
         };
         let now = self.inner.domain.clock().now();
-        let mut ctx = ctx.lock().await;
-        let desired = ctx.desired.clone();
-        let processed = ctx.agent.process(msg, desired.as_deref(), now)?;
+        let mut g = ctx.lock().await;
+        let desired = g.desired.clone();
+        let processed = g.agent.process(msg, desired.as_deref(), now)?;
         if processed.status_changed {
-            self.inner.writer.put(ctx.agent.status.clone());
+            self.inner.writer.put(g.agent.status.clone());
         }
         let mut reply = processed.reply;
-        reply.connection_settings = self.connection_offer(&mut ctx).await;
-        if let Some(command) = self.take_command(&conn.collector_id, &mut ctx).await {
-            // A command travels alone (OpAMP): after the reply on a stream,
-            // instead of it over HTTP (the rest follows on the next poll).
-            match &push {
-                Some(p) => {
-                    let _ = p.try_send(command);
-                }
-                None => reply = command,
-            }
-        }
-        Ok((Some(reply), push, processed.disconnect))
+        reply.connection_settings = self.connection_offer(&mut g).await;
+        let command = self.command_for(&conn.collector_id, &mut g).await;
+        drop(g);
+        Ok(Answer {
+            reply,
+            command,
+            disconnect: processed.disconnect,
+            push,
+            ctx,
+        })
     }
+}
+
+/// What one message leads to.
+struct Answer {
+    reply: pb::ServerToAgent,
+    /// A command to send after the reply.
+    command: Option<Outgoing>,
+    /// The agent said goodbye.
+    disconnect: bool,
+    push: Push,
+    ctx: SharedCtx,
 }

@@ -34,6 +34,8 @@ mod push;
 mod registry;
 mod resolve;
 pub mod session;
+#[cfg(test)]
+mod testing;
 pub mod views;
 mod writer;
 
@@ -102,8 +104,10 @@ pub struct Fleet {
 
 impl Fleet {
     /// Start the fleet of this instance: change-feed listener, liveness
-    /// sweeper, presence heartbeat, status writer.
-    pub fn start(
+    /// sweeper, presence heartbeat, status writer. Call it before serving
+    /// collectors: it first corrects statuses an earlier run of this
+    /// instance left claiming connected.
+    pub async fn start(
         domain: Domain,
         settings: FleetSettings,
         config_store: Option<ConfigStoreHandle>,
@@ -122,6 +126,7 @@ impl Fleet {
             sessions: Registry::default(),
         });
         let fleet = Fleet { inner };
+        fleet.release_stale_statuses().await;
         let mut tasks = vec![
             tokio::spawn(fleet.clone().follow_changes(feed)),
             tokio::spawn(fleet.clone().sweep()),
@@ -158,7 +163,13 @@ impl Fleet {
             self.inner.writer.put(status);
         }
         self.inner.metrics.connected_collectors.set(0);
-        self.inner.writer.flush(self.inner.domain.store()).await;
+        let unsaved = self.inner.writer.flush(self.inner.domain.store()).await;
+        if unsaved > 0 {
+            tracing::warn!(
+                count = unsaved,
+                "Could not store some collectors as disconnected; this instance's next start corrects them."
+            );
+        }
         self.remove_presence().await;
         tracing::info!(
             collectors = entries.len(),

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::registry::Entry;
 use super::Fleet;
-use crate::domain::ServerInstance;
-use crate::storage::{Expect, Op};
+use crate::domain::{CollectorStatus, ServerInstance};
+use crate::storage::{Expect, Op, Scan};
 
 /// Instances refresh their presence this often; a row older than
 /// `PRESENCE_STALE` means the instance is gone.
@@ -60,6 +60,37 @@ impl Fleet {
             if let Err(e) = self.inner.domain.store().commit(vec![op]).await {
                 tracing::warn!(error = %e, "Could not refresh this instance's presence.");
             }
+        }
+    }
+
+    /// Statuses that name this instance as connected, from before this
+    /// start (a crash, or a stop whose last writes failed), would be shown
+    /// connected as long as this instance is alive: store them as
+    /// disconnected. Runs before any collector can connect here, so every
+    /// such status is stale.
+    pub(super) async fn release_stale_statuses(&self) {
+        let me = &self.inner.settings.instance;
+        let stale: Vec<CollectorStatus> = match self.inner.domain.store().scan::<CollectorStatus>(Scan::default()).await
+        {
+            Ok(all) => all
+                .into_iter()
+                .map(|s| s.value)
+                .filter(|s| s.connected && s.instance == *me)
+                .collect(),
+            Err(e) => {
+                return tracing::warn!(error = %e, "Could not check for statuses left connected by an earlier run.");
+            }
+        };
+        if stale.is_empty() {
+            return;
+        }
+        tracing::info!(
+            count = stale.len(),
+            "Marking collectors an earlier run of this instance left connected as disconnected."
+        );
+        for mut s in stale {
+            s.connected = false;
+            self.inner.writer.put(s);
         }
     }
 

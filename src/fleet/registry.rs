@@ -29,7 +29,7 @@ pub struct Conn {
 /// Pushes to a streaming session: bounded, so a collector that stops
 /// reading cannot grow server memory; what does not fit is re-offered when
 /// the collector next reports.
-const PUSH_QUEUE: usize = 16;
+pub(super) const PUSH_QUEUE: usize = 16;
 
 pub(super) struct Ctx {
     pub agent: AgentState,
@@ -38,10 +38,13 @@ pub(super) struct Ctx {
     /// session when the fleet default changes).
     pub pinned: bool,
     pub desired: Option<Arc<Desired>>,
+    /// Whether the store may hold commands for this session.
     pub commands_pending: bool,
     /// A credential was offered on this session for the token path (a
     /// rotation request offers again).
     pub credential_offered: bool,
+    /// Commands sent but not yet removed from the store (`commands`).
+    pub commands_in_flight: Vec<String>,
 }
 
 /// A session's state, locked per message (async: processing may read the
@@ -158,6 +161,7 @@ impl Fleet {
             desired,
             commands_pending: true,
             credential_offered: false,
+            commands_in_flight: Vec::new(),
         };
         let epoch = self.inner.sessions.next_epoch();
         let entry = Entry {

@@ -21,11 +21,20 @@ pub type Known = Option<Option<Arc<Desired>>>;
 pub(super) struct Resolver {
     store: Store,
     config_store: Option<ConfigStoreHandle>,
-    /// The fleet default config; `None` = not loaded yet.
-    default: RwLock<Option<Option<Arc<Desired>>>>,
+    /// The fleet default config, as last loaded.
+    default: RwLock<DefaultCache>,
     /// Renders of the served snapshot by label set: collectors sharing
     /// labels share one render. Cleared when the snapshot changes.
     renders: Mutex<RenderCache>,
+}
+
+/// A load that started before an invalidation must not fill the cache: it
+/// may have read the old default. The generation tells them apart.
+#[derive(Default)]
+struct DefaultCache {
+    generation: u64,
+    /// `None` = not loaded since the last invalidation.
+    value: Option<Option<Arc<Desired>>>,
 }
 
 #[derive(Default)]
@@ -39,7 +48,7 @@ impl Resolver {
         Resolver {
             store,
             config_store,
-            default: RwLock::new(None),
+            default: RwLock::new(DefaultCache::default()),
             renders: Mutex::new(RenderCache::default()),
         }
     }
@@ -93,27 +102,46 @@ impl Resolver {
 
     /// The fleet default config (cached until `invalidate_default`).
     pub async fn default(&self) -> Result<Option<Arc<Desired>>, DomainError> {
-        if let Ok(guard) = self.default.read() {
-            if let Some(d) = guard.as_ref() {
-                return Ok(d.clone());
-            }
-        }
-        let loaded = self
-            .store
-            .get::<ConfigAssignment>(DEFAULT_ASSIGNMENT)
-            .await?
-            .map(|a| Arc::new(Desired::from((&a.value, "default"))));
-        if let Ok(mut guard) = self.default.write() {
-            *guard = Some(loaded.clone());
-        }
+        let generation = match self.cached_default() {
+            Ok(hit) => return Ok(hit),
+            Err(generation) => generation,
+        };
+        let loaded = self.read_default().await?;
+        self.fill_default(generation, loaded.clone());
         Ok(loaded)
     }
 
-    /// The fleet default changed (or may have): read it again next time.
-    pub fn invalidate_default(&self) {
-        if let Ok(mut d) = self.default.write() {
-            *d = None;
+    async fn read_default(&self) -> Result<Option<Arc<Desired>>, DomainError> {
+        Ok(self
+            .store
+            .get::<ConfigAssignment>(DEFAULT_ASSIGNMENT)
+            .await?
+            .map(|a| Arc::new(Desired::from((&a.value, "default")))))
+    }
+
+    /// The cached default, or the generation a load must start from.
+    fn cached_default(&self) -> Result<Option<Arc<Desired>>, u64> {
+        let cache = self.default.read().unwrap_or_else(|p| p.into_inner());
+        match &cache.value {
+            Some(d) => Ok(d.clone()),
+            None => Err(cache.generation),
         }
+    }
+
+    /// Cache a loaded default unless it was invalidated since the load began.
+    fn fill_default(&self, generation: u64, loaded: Option<Arc<Desired>>) {
+        let mut cache = self.default.write().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == generation {
+            cache.value = Some(loaded);
+        }
+    }
+
+    /// The fleet default changed (or may have): read it again next time,
+    /// and let no load already under way cache what it read.
+    pub fn invalidate_default(&self) {
+        let mut cache = self.default.write().unwrap_or_else(|p| p.into_inner());
+        cache.generation += 1;
+        cache.value = None;
     }
 
     /// The config store's config for these labels, if it routes any
@@ -144,5 +172,58 @@ impl super::Fleet {
     /// connected.
     pub async fn desired_for(&self, collector: &Collector) -> Result<Option<Arc<Desired>>, DomainError> {
         self.inner.resolver.resolve(collector, true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AssignedFile, ConfigAssignment};
+    use crate::storage::{Expect, Op};
+
+    async fn put_default(store: &Store, body: &str) {
+        let a = ConfigAssignment {
+            files: [(
+                "c.yaml".to_string(),
+                AssignedFile {
+                    body: body.into(),
+                    content_type: "text/yaml".into(),
+                },
+            )]
+            .into(),
+            updated_at: crate::clock::Timestamp(0),
+            updated_by: "test".into(),
+        };
+        store
+            .commit(vec![Op::put(DEFAULT_ASSIGNMENT, &a, Expect::Any).unwrap()])
+            .await
+            .unwrap();
+    }
+
+    /// A load that read the old default while another task saw the change
+    /// and invalidated must not leave the old default cached.
+    #[tokio::test]
+    async fn a_load_racing_an_invalidation_does_not_cache_the_old_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
+        put_default(&store, "old").await;
+        let r = Resolver::new(store.clone(), None);
+
+        // A load begins and reads the old default ...
+        let generation = r.cached_default().unwrap_err();
+        let old = r.read_default().await.unwrap();
+        // ... the default changes and the change is seen (invalidate) ...
+        put_default(&store, "new").await;
+        r.invalidate_default();
+        // ... then the slow load finishes with what it read.
+        r.fill_default(generation, old.clone());
+
+        let now = r.default().await.unwrap().unwrap();
+        assert_ne!(
+            Some(&now.hash),
+            old.as_ref().map(|d| &d.hash),
+            "the old default stayed cached"
+        );
+        assert_eq!(now.files["c.yaml"].0, b"new");
     }
 }

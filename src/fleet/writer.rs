@@ -3,9 +3,15 @@
 //! of connecting collectors becomes a handful of commits instead of one
 //! fsync each, and a collector reporting twice before the write only costs
 //! one.
+//!
+//! Nothing handed over is dropped while the store is failing: a batch that
+//! does not commit goes back into the pending map (behind any newer status
+//! of the same collector) and is retried with backoff. Only statuses of
+//! collectors deregistered meanwhile are dropped.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -17,6 +23,10 @@ use crate::storage::{Expect, Op, StorageError, Store, Table};
 fn batch_size(store: &Store) -> usize {
     (store.batch_hint() / 2).max(1)
 }
+/// Retry delays after a failed commit: doubling up to the maximum, so a
+/// store outage costs one attempt every few seconds, not a busy loop.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(8);
 
 #[derive(Clone)]
 pub struct StatusWriter {
@@ -29,6 +39,27 @@ struct Inner {
     notify: Notify,
 }
 
+impl Inner {
+    fn pending(&self) -> MutexGuard<'_, HashMap<String, CollectorStatus>> {
+        // Every section is a single insert or drain: a poisoned map is
+        // still consistent.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> Vec<CollectorStatus> {
+        self.pending().drain().map(|(_, s)| s).collect()
+    }
+
+    /// Put back statuses that failed to commit, unless a newer one of the
+    /// same collector arrived meanwhile.
+    fn requeue(&self, failed: Vec<CollectorStatus>) {
+        let mut p = self.pending();
+        for s in failed {
+            p.entry(s.collector_id.clone()).or_insert(s);
+        }
+    }
+}
+
 impl StatusWriter {
     pub fn start(store: Store) -> Self {
         let inner = Arc::new(Inner {
@@ -37,48 +68,63 @@ impl StatusWriter {
         });
         let w = StatusWriter { inner: inner.clone() };
         tokio::spawn(async move {
+            let mut delay = RETRY_FIRST;
             loop {
                 inner.notify.notified().await;
                 loop {
-                    let batch: Vec<CollectorStatus> = match inner.pending.lock() {
-                        Ok(mut p) => p.drain().map(|(_, s)| s).collect(),
-                        Err(_) => return,
-                    };
+                    let batch = inner.take();
                     if batch.is_empty() {
                         break;
                     }
-                    for chunk in batch.chunks(batch_size(&store)) {
-                        write_chunk(&store, chunk.to_vec()).await;
+                    let failed = write(&store, batch).await;
+                    if failed.is_empty() {
+                        delay = RETRY_FIRST;
+                        continue;
                     }
+                    tracing::warn!(
+                        count = failed.len(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "Could not store collector statuses; kept for a retry."
+                    );
+                    inner.requeue(failed);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
                 }
             }
         });
         w
     }
 
-    /// Write whatever is pending now, on the caller's task (shutdown: the
-    /// background task may be cancelled with the runtime).
-    pub async fn flush(&self, store: &Store) {
-        let batch: Vec<CollectorStatus> = match self.inner.pending.lock() {
-            Ok(mut p) => p.drain().map(|(_, s)| s).collect(),
-            Err(_) => return,
-        };
-        for chunk in batch.chunks(batch_size(store)) {
-            write_chunk(store, chunk.to_vec()).await;
-        }
+    /// Write whatever is pending now, on the caller's task (shutdown).
+    /// Returns how many statuses could not be stored.
+    pub async fn flush(&self, store: &Store) -> usize {
+        let failed = write(store, self.inner.take()).await;
+        let n = failed.len();
+        self.inner.requeue(failed);
+        n
     }
 
     pub fn put(&self, status: CollectorStatus) {
-        if let Ok(mut p) = self.inner.pending.lock() {
-            p.insert(status.collector_id.clone(), status);
-        }
+        self.inner.pending().insert(status.collector_id.clone(), status);
         self.inner.notify.notify_one();
     }
 }
 
+/// Write statuses in chunks; returns those that failed to commit.
+async fn write(store: &Store, batch: Vec<CollectorStatus>) -> Vec<CollectorStatus> {
+    let mut failed = Vec::new();
+    for chunk in batch.chunks(batch_size(store)) {
+        if let Err(mut chunk) = write_chunk(store, chunk.to_vec()).await {
+            failed.append(&mut chunk);
+        }
+    }
+    failed
+}
+
 /// Write statuses of collectors that still exist; a collector deregistered
-/// meanwhile makes the commit conflict on its key, and is dropped.
-async fn write_chunk(store: &Store, mut chunk: Vec<CollectorStatus>) {
+/// meanwhile makes the commit conflict on its key, and is dropped. Any
+/// other failure hands the chunk back.
+async fn write_chunk(store: &Store, mut chunk: Vec<CollectorStatus>) -> Result<(), Vec<CollectorStatus>> {
     while !chunk.is_empty() {
         let ops: Result<Vec<Op>, StorageError> = chunk
             .iter()
@@ -91,18 +137,67 @@ async fn write_chunk(store: &Store, mut chunk: Vec<CollectorStatus>) {
             .collect();
         let ops = match ops {
             Ok(ops) => ops,
-            Err(e) => return tracing::warn!(error = %e, "Could not encode collector statuses."),
+            // Cannot succeed on a retry either.
+            Err(e) => {
+                tracing::error!(error = %e, count = chunk.len(), "Could not encode collector statuses; dropped them.");
+                return Ok(());
+            }
         };
         match store.commit(ops).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
             Err(StorageError::Conflict {
                 table: Table::Collectors,
                 key,
                 ..
             }) => chunk.retain(|s| s.collector_id != key),
-            Err(e) => {
-                return tracing::warn!(error = %e, count = chunk.len(), "Could not store collector statuses; they are written again on the next change.");
+            Err(_) => return Err(chunk),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Timestamp;
+
+    #[tokio::test]
+    async fn a_status_whose_commit_failed_is_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
+        let c = Collector {
+            id: "c1".into(),
+            name: "c1".into(),
+            labels: Default::default(),
+            enrolled_at: Timestamp(0),
+            enrollment_token_id: "t".into(),
+            credential_ids: vec![],
+        };
+        store
+            .commit(vec![Op::put("c1", &c, Expect::Absent).unwrap()])
+            .await
+            .unwrap();
+
+        // The writer's first commit fails, as a lost connection would.
+        store.fail_next_commit_after(1);
+        let w = StatusWriter::start(store.clone());
+        w.put(CollectorStatus {
+            collector_id: "c1".into(),
+            connected: true,
+            ..Default::default()
+        });
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = store.get::<CollectorStatus>("c1").await.unwrap() {
+                assert!(s.value.connected);
+                break;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the failed status was never written"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -9,6 +9,7 @@ mod configstore;
 mod conformance;
 mod durability;
 mod fleet_config;
+mod fleet_core;
 mod interop;
 mod matrix;
 mod mtls;
