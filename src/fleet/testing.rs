@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Authenticated, Fleet, FleetSettings};
-use crate::clock::{SystemClock, Timestamp};
+use crate::clock::SystemClock;
 use crate::domain::{AuthSettings, Collector, Domain};
 use crate::storage::{Expect, Op, Store};
 use crate::telemetry::Metrics;
@@ -47,14 +47,16 @@ pub async fn fleet() -> Fixture {
 /// Store a collector record and return it as authenticated.
 pub async fn collector(store: &Store) -> Authenticated {
     let id = uuid::Uuid::now_v7().to_string();
-    let c = Collector {
-        id: id.clone(),
-        name: "c".into(),
-        labels: Default::default(),
-        enrolled_at: Timestamp(0),
-        enrollment_token_id: "t".into(),
-        credential_ids: vec![],
-    };
+    // From JSON, so fields added later with serde defaults need no edit here.
+    let c: Collector = serde_json::from_value(serde_json::json!({
+        "id": id,
+        "name": "c",
+        "labels": {},
+        "enrolled_at": 0,
+        "enrollment_token_id": "t",
+        "credential_ids": [],
+    }))
+    .unwrap();
     let v = store
         .commit(vec![Op::put(&id, &c, Expect::Absent).unwrap()])
         .await

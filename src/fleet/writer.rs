@@ -159,37 +159,25 @@ async fn write_chunk(store: &Store, mut chunk: Vec<CollectorStatus>) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Timestamp;
 
     #[tokio::test]
     async fn a_status_whose_commit_failed_is_written_later() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
-        let c = Collector {
-            id: "c1".into(),
-            name: "c1".into(),
-            labels: Default::default(),
-            enrolled_at: Timestamp(0),
-            enrollment_token_id: "t".into(),
-            credential_ids: vec![],
-        };
-        store
-            .commit(vec![Op::put("c1", &c, Expect::Absent).unwrap()])
-            .await
-            .unwrap();
+        let id = super::super::testing::collector(&store).await.collector.key;
 
         // The writer's first commit fails, as a lost connection would.
         store.fail_next_commit_after(1);
         let w = StatusWriter::start(store.clone());
         w.put(CollectorStatus {
-            collector_id: "c1".into(),
+            collector_id: id.clone(),
             connected: true,
             ..Default::default()
         });
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(s) = store.get::<CollectorStatus>("c1").await.unwrap() {
+            if let Some(s) = store.get::<CollectorStatus>(&id).await.unwrap() {
                 assert!(s.value.connected);
                 break;
             }
