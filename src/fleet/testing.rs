@@ -52,7 +52,7 @@ pub async fn collector(store: &Store) -> Authenticated {
         "id": id,
         "name": "c",
         "labels": {},
-        "enrolled_at": 0,
+        "enrolled_at": crate::clock::Timestamp(0),
         "enrollment_token_id": "t",
         "credential_ids": [],
     }))

@@ -166,8 +166,8 @@ mod tests {
         let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
         let id = super::super::testing::collector(&store).await.collector.key;
 
-        // The writer's first commit fails, as a lost connection would.
-        store.fail_next_commit_after(1);
+        // The writer's commit fails, as a lost connection would.
+        store.fail_commit_touching(Table::CollectorStatus, &id, 1);
         let w = StatusWriter::start(store.clone());
         w.put(CollectorStatus {
             collector_id: id.clone(),
