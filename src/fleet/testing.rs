@@ -68,5 +68,6 @@ pub async fn collector(store: &Store) -> Authenticated {
             value: c,
         },
         credential_id: String::new(),
+        uid_assigned: false,
     }
 }
