@@ -124,7 +124,7 @@ done
 bin=${LINKMESH_BIN:-}
 if [ -z "$bin" ]; then
   nice -n 19 cargo build --locked --quiet --bin linkmesh || fail "cargo build failed"
-  bin="$repo/target/debug/linkmesh"
+  bin="${CARGO_TARGET_DIR:-$repo/target}/debug/linkmesh"
 fi
 for case in single ha tls insecure; do
   dir="$work/case-$case"
