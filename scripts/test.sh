@@ -54,6 +54,9 @@ command -v chromium >/dev/null || {
 cargo build --bins --locked
 (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error && npm test)
 
+step "Fleet benchmark smoke run (200 collectors, debug build; it asserts no timing)"
+bash scripts/bench-fleet.sh --smoke
+
 if [ -f nix/check.sh ]; then
   step "Nix checks"
   bash nix/check.sh
