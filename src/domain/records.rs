@@ -92,6 +92,11 @@ pub struct CollectorStatus {
     pub health: Option<HealthView>,
     pub effective_config: Option<EffectiveConfigView>,
     pub remote_config: Option<RemoteConfigView>,
+    /// The last [`CONFIG_HISTORY_LEN`] remote-config status transitions,
+    /// newest first. Kept on the status record because it changes exactly
+    /// when the status does (no extra write, never one per heartbeat).
+    #[serde(default)]
+    pub config_history: Vec<ConfigTransition>,
 }
 impl Record for CollectorStatus {
     const TABLE: Table = Table::CollectorStatus;
@@ -130,6 +135,41 @@ pub struct RemoteConfigView {
     /// Hash (hex) of the remote config the status is about.
     pub hash: String,
     pub error_message: String,
+}
+
+/// How many config-status transitions a status record keeps.
+pub const CONFIG_HISTORY_LEN: usize = 20;
+
+/// One change of a collector's reported remote-config status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConfigTransition {
+    /// `APPLIED`, `APPLYING`, `FAILED` or `UNSET`.
+    pub status: String,
+    /// Hash (hex) of the remote config it is about.
+    pub hash: String,
+    pub error_message: String,
+    /// When this instance received the report.
+    pub at: Timestamp,
+}
+
+impl CollectorStatus {
+    /// Record a newly reported remote-config status; a repeat of the
+    /// current one (every heartbeat carries it) adds nothing.
+    pub fn report_remote_config(&mut self, r: RemoteConfigView, at: Timestamp) {
+        if self.remote_config.as_ref() != Some(&r) {
+            self.config_history.insert(
+                0,
+                ConfigTransition {
+                    status: r.status.clone(),
+                    hash: r.hash.clone(),
+                    error_message: r.error_message.clone(),
+                    at,
+                },
+            );
+            self.config_history.truncate(CONFIG_HISTORY_LEN);
+        }
+        self.remote_config = Some(r);
+    }
 }
 
 /// A config pinned to one collector (key: its id), or the fleet default

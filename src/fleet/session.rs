@@ -144,7 +144,7 @@ impl AgentState {
             None => omitted |= caps & caps::REPORTS_EFFECTIVE_CONFIG != 0 && gap,
         }
         match &msg.remote_config_status {
-            Some(r) => self.status.remote_config = Some(remote_status(r)),
+            Some(r) => self.status.report_remote_config(remote_status(r), now),
             None => omitted |= caps & caps::REPORTS_REMOTE_CONFIG != 0 && gap,
         }
         if gap && omitted {
@@ -364,9 +364,20 @@ mod tests {
             status: 1,
             error_message: String::new(),
         });
-        let p = s.process(applied, Some(&d), Timestamp(1)).unwrap();
+        let p = s.process(applied.clone(), Some(&d), Timestamp(7)).unwrap();
         assert!(p.status_changed);
         assert_eq!(s.status.remote_config.as_ref().unwrap().status, "APPLIED");
+        // The transition is in the history once; repeating it adds nothing.
+        applied.sequence_num = 4;
+        let p = s.process(applied, Some(&d), Timestamp(9)).unwrap();
+        assert!(!p.status_changed, "a repeated status is not a transition");
+        let h: Vec<_> = s
+            .status
+            .config_history
+            .iter()
+            .map(|t| (t.status.as_str(), t.at))
+            .collect();
+        assert_eq!(h, [("APPLIED", Timestamp(7)), ("UNSET", Timestamp(1))]);
         // An agent that does not accept remote config is never sent one.
         let mut s = state();
         let mut m = full(1);
