@@ -17,7 +17,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{with_etag, ApiJson, ApiPath, ApiQuery, Auth, IfMatch};
 use super::AppState;
 use crate::domain::{AssignedFile, CollectorView, Labels, Page, Role, DEFAULT_ASSIGNMENT};
-use crate::fleet::views::{CollectorDetail, FleetCollector, FleetQuery, FleetSummary};
+use crate::fleet::views::{CollectorDetail, FleetCollector, FleetQuery, FleetSort, FleetSummary};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -42,6 +42,10 @@ pub struct FleetListParams {
     pub config_status: Option<String>,
     pub cursor: Option<String>,
     pub limit: Option<usize>,
+    /// `id` (default), `name` or `last_seen` (newest first); a cursor is
+    /// only valid with the sort it came from.
+    #[param(inline)]
+    pub sort: Option<FleetSort>,
 }
 
 fn parse_selector(sel: &str) -> Result<Labels, ApiError> {
@@ -72,6 +76,7 @@ async fn list_collectors(
         config_status: p.config_status,
         cursor: p.cursor,
         limit: p.limit,
+        sort: p.sort.unwrap_or_default(),
     };
     Ok(Json(s.fleet.list(q).await?))
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::desired::Desired;
@@ -79,6 +79,35 @@ pub struct FleetQuery {
     pub config_status: Option<String>,
     pub cursor: Option<String>,
     pub limit: Option<usize>,
+    pub sort: FleetSort,
+}
+
+/// Order of the fleet list. A cursor is a position in one order (the sort
+/// key of the last item), so it stays valid while collectors come and go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetSort {
+    /// By id (enrollment order: ids are UUIDv7).
+    #[default]
+    Id,
+    /// By name, case-insensitive.
+    Name,
+    /// Most recently seen first; never seen last.
+    LastSeen,
+}
+
+impl FleetSort {
+    fn key(self, c: &Versioned<Collector>, s: Option<&CollectorStatus>) -> String {
+        match self {
+            FleetSort::Id => c.key.clone(),
+            // U+001F sorts before any printable character: "ab" < "abc".
+            FleetSort::Name => format!("{}\u{1f}{}", c.value.name.to_lowercase(), c.key),
+            FleetSort::LastSeen => {
+                let seen = s.and_then(|s| s.last_seen).map_or(0, |t| t.0);
+                format!("{:020}\u{1f}{}", u64::MAX - seen, c.key)
+            }
+        }
+    }
 }
 
 fn health_of(s: Option<&CollectorStatus>) -> String {
@@ -194,8 +223,17 @@ impl Fleet {
         let limit = crate::domain::page_limit(q.limit);
         let mut items = Vec::new();
         let mut next_cursor = None;
-        for c in &l.collectors {
-            if q.cursor.as_deref().is_some_and(|cur| c.key.as_str() <= cur) {
+        let mut order: Vec<(String, &Versioned<Collector>)> = l
+            .collectors
+            .iter()
+            .map(|c| (q.sort.key(c, l.statuses.get(&c.key)), c))
+            .collect();
+        if q.sort != FleetSort::Id {
+            order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        let mut last_key = None;
+        for (key, c) in order {
+            if q.cursor.as_deref().is_some_and(|cur| key.as_str() <= cur) {
                 continue;
             }
             if !q.labels.iter().all(|(k, v)| c.value.labels.get(k) == Some(v)) {
@@ -209,20 +247,32 @@ impl Fleet {
                 continue;
             }
             if items.len() == limit {
-                next_cursor = items.last().map(|i: &FleetCollector| i.id.clone());
+                next_cursor = last_key;
                 break;
             }
             items.push(v);
+            last_key = Some(key);
         }
         Ok(Page { items, next_cursor })
     }
 
     pub async fn summary(&self) -> Result<FleetSummary, DomainError> {
+        Ok(FleetSummary::of(&self.all().await?))
+    }
+
+    /// Every collector's view, from one load (the console's live watcher
+    /// shares it between all open pages).
+    pub async fn all(&self) -> Result<Vec<FleetCollector>, DomainError> {
         let mut l = self.load().await?;
         self.overlay_live(&mut l).await;
+        Ok(l.collectors.iter().map(|c| self.summarize(c, &l)).collect())
+    }
+}
+
+impl FleetSummary {
+    pub fn of(all: &[FleetCollector]) -> FleetSummary {
         let mut sum = FleetSummary::default();
-        for c in &l.collectors {
-            let v = self.summarize(c, &l);
+        for v in all {
             sum.total += 1;
             if v.connected {
                 sum.connected += 1;
@@ -232,12 +282,14 @@ impl Fleet {
             } else {
                 sum.disconnected += 1;
             }
-            *sum.health.entry(v.health).or_default() += 1;
-            *sum.config.entry(v.config_status).or_default() += 1;
+            *sum.health.entry(v.health.clone()).or_default() += 1;
+            *sum.config.entry(v.config_status.clone()).or_default() += 1;
         }
-        Ok(sum)
+        sum
     }
+}
 
+impl Fleet {
     pub async fn detail(&self, id: &str) -> Result<CollectorDetail, DomainError> {
         let store = self.domain().store();
         let c = store.get::<Collector>(id).await?.ok_or_else(|| DomainError::NotFound {
