@@ -175,6 +175,13 @@ pub async fn run_with_store(
         metrics.clone(),
     )
     .await;
+    // One live fleet view for every open console page.
+    let live = ui::live::LiveFleet::default();
+    let live_task = tokio::spawn(live.clone().follow(
+        fleet.clone(),
+        domain.store().subscribe(),
+        config_store.as_ref().map(|c| c.subscribe()),
+    ));
     let own_telemetry = owntelemetry::OwnTelemetry::new(domain.clone(), instance.clone(), metrics.clone());
     let state = Arc::new(api::AppState {
         domain: domain.clone(),
@@ -193,6 +200,7 @@ pub async fn run_with_store(
             trusted_proxies: config.server.trusted_proxies.clone().into(),
         },
         own_telemetry: own_telemetry.clone(),
+        live: live.clone(),
         openapi_json: Default::default(),
     });
     // Connect info: rate limits count per client address.
@@ -285,6 +293,7 @@ pub async fn run_with_store(
         }
     };
     sweeper.abort();
+    live_task.abort();
     let _ = rollups.await;
     if let Some(f) = override_follower {
         f.abort();

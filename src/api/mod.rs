@@ -54,6 +54,8 @@ pub struct AppState {
     pub limits: ratelimit::Limits,
     /// Collectors' own metrics (`POST /v1/metrics`).
     pub own_telemetry: crate::owntelemetry::OwnTelemetry,
+    /// The console's shared live fleet view (its task runs in `crate::run`).
+    pub live: crate::ui::live::LiveFleet,
     /// Filled by `router()`; start with `Default::default()`.
     pub openapi_json: OnceLock<String>,
 }

@@ -232,7 +232,25 @@ async fn main_async(args: Args) -> anyhow::Result<()> {
     if let Some(pid) = args.server_pid {
         println!("server RSS after pushes: {} MiB", rss_kib(pid).unwrap_or(0) / 1024);
     }
-    tokio::time::sleep(args.hold).await;
+    // While holding, say when a collector got a restart command, so a
+    // person or a test sees a restart asked for in the console arrive.
+    let until = Instant::now() + args.hold;
+    let mut restarts: BTreeMap<String, u64> = BTreeMap::new();
+    while Instant::now() < until {
+        for s in sim.stats() {
+            let seen = restarts.entry(s.collector_id.clone()).or_default();
+            if s.restarts > *seen {
+                *seen = s.restarts;
+                println!("restart received by {}", s.collector_id);
+            }
+        }
+        tokio::time::sleep(
+            until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1)),
+        )
+        .await;
+    }
     sim.stop();
     Ok(())
 }

@@ -3,26 +3,39 @@
 //! version: a concurrent edit is a conflict the page shows, never a silent
 //! overwrite.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
+use futures::Stream;
+
 use super::layout::{encode_query, render, Layout, UiError, Viewer};
-use super::view::TimeView;
+use super::live::{self, LiveState};
+use super::view::{short_commit, TimeView};
 use crate::api::AppState;
-use crate::domain::{DomainError, HealthView, Labels};
-use crate::fleet::views::{CollectorDetail, FleetCollector, FleetQuery};
+use crate::configstore::HistoryOutcome;
+use crate::domain::{AssignedFile, DomainError, HealthView, Labels, DEFAULT_ASSIGNMENT};
+use crate::fleet::desired::RENDERED_FILE;
+use crate::fleet::views::{CollectorDetail, FleetCollector, FleetQuery, FleetSort};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/collectors", get(list))
         .route("/collectors/{id}", get(detail))
         .route("/collectors/{id}/labels", post(save_labels))
+        .route("/collectors/{id}/restart", post(restart))
+        .route("/collectors/{id}/pin", post(pin))
+        .route("/collectors/{id}/rotate-credential", post(rotate))
+        .route("/collectors/{id}/deregister", post(deregister))
+        .route("/events/collectors", get(events))
 }
 
 /// The filters, exactly as they appear in the URL (bookmarkable).
@@ -36,7 +49,55 @@ pub struct Filters {
     health: String,
     #[serde(default)]
     config_status: String,
+    /// `` (id), `name` or `last_seen`.
+    #[serde(default)]
+    sort: String,
     cursor: Option<String>,
+    /// Set by the deregister action: the collector it removed.
+    #[serde(default)]
+    deregistered: String,
+}
+
+impl Filters {
+    /// This list with another sort or cursor (filters kept).
+    fn url(&self, sort: &str, cursor: Option<&str>) -> String {
+        let mut u = format!(
+            "/collectors?selector={}&connected={}&health={}&config_status={}&sort={}",
+            encode_query(&self.selector),
+            encode_query(&self.connected),
+            encode_query(&self.health),
+            encode_query(&self.config_status),
+            encode_query(sort)
+        );
+        if let Some(c) = cursor {
+            u.push_str("&cursor=");
+            u.push_str(&encode_query(c));
+        }
+        u
+    }
+    fn sort_url(&self, sort: &str) -> String {
+        self.url(sort, None)
+    }
+    fn first_url(&self) -> String {
+        self.url(&self.sort, None)
+    }
+    /// `aria-sort` of a column header.
+    fn aria_sort(&self, sort: &str) -> &'static str {
+        match (self.sort.as_str() == sort, sort) {
+            (true, "last_seen") => "descending",
+            (true, _) => "ascending",
+            _ => "none",
+        }
+    }
+}
+
+fn parse_sort(s: &str) -> Option<FleetSort> {
+    match s {
+        "" | "id" => Some(FleetSort::Id),
+        "name" => Some(FleetSort::Name),
+        "last_seen" => Some(FleetSort::LastSeen),
+        _ => None,
+    }
 }
 
 /// `k=v,k2=v2` (or one per line): collectors carrying all of them.
@@ -69,6 +130,10 @@ struct ListPage {
     error: Option<String>,
     rows: Vec<Row>,
     next: Option<String>,
+    /// The SSE URL with the visible rows' ids (live status per row).
+    live: String,
+    /// The id of a collector just deregistered (a notice).
+    deregistered: Option<String>,
 }
 
 fn labels_text(l: &Labels, sep: &str) -> String {
@@ -77,20 +142,31 @@ fn labels_text(l: &Labels, sep: &str) -> String {
 
 async fn list(State(s): State<Arc<AppState>>, v: Viewer, Query(f): Query<Filters>) -> Result<Response, UiError> {
     let layout = v.layout("Collectors", "collectors");
+    let bad = |layout, f, error: String| -> Result<Response, UiError> {
+        let page = ListPage {
+            layout,
+            f,
+            error: Some(error),
+            rows: vec![],
+            next: None,
+            live: String::new(),
+            deregistered: None,
+        };
+        Ok((StatusCode::BAD_REQUEST, render(&page)?).into_response())
+    };
     let labels = match parse_labels(&f.selector) {
         Ok(l) => l,
         Err(e) => {
-            let page = ListPage {
+            return bad(
                 layout,
                 f,
-                error: Some(format!(
-                    "Label selector: {e}. Write key=value pairs separated by commas."
-                )),
-                rows: vec![],
-                next: None,
-            };
-            return Ok((StatusCode::BAD_REQUEST, render(&page)?).into_response());
+                format!("Label selector: {e}. Write key=value pairs separated by commas."),
+            )
         }
+    };
+    let Some(sort) = parse_sort(&f.sort) else {
+        let e = format!("sort: {:?} is not a sort; use name or last_seen.", f.sort);
+        return bad(layout, f, e);
     };
     let q = FleetQuery {
         labels,
@@ -103,18 +179,12 @@ async fn list(State(s): State<Arc<AppState>>, v: Viewer, Query(f): Query<Filters
         config_status: opt(&f.config_status),
         cursor: f.cursor.clone(),
         limit: Some(50),
+        sort,
     };
     let page = s.fleet.list(q).await?;
-    let next = page.next_cursor.map(|c| {
-        format!(
-            "/collectors?selector={}&connected={}&health={}&config_status={}&cursor={}",
-            encode_query(&f.selector),
-            encode_query(&f.connected),
-            encode_query(&f.health),
-            encode_query(&f.config_status),
-            encode_query(&c)
-        )
-    });
+    let next = page.next_cursor.map(|c| f.url(&f.sort, Some(&c)));
+    let ids: Vec<&str> = page.items.iter().map(|c| c.id.as_str()).collect();
+    let live = format!("/events/collectors?ids={}", encode_query(&ids.join(",")));
     let rows = page
         .items
         .into_iter()
@@ -124,14 +194,65 @@ async fn list(State(s): State<Arc<AppState>>, v: Viewer, Query(f): Query<Filters
             c,
         })
         .collect();
+    // Only an id is echoed, never free text from the URL.
+    let deregistered = uuid::Uuid::parse_str(&f.deregistered).ok().map(|u| u.to_string());
     Ok(render(&ListPage {
         layout,
         f,
         error: None,
         rows,
         next,
+        live,
+        deregistered,
     })?
     .into_response())
+}
+
+#[derive(Deserialize)]
+struct LiveIds {
+    #[serde(default)]
+    ids: String,
+}
+
+/// At most this many rows per live stream (a page shows 50).
+const LIVE_ROWS: usize = 100;
+
+/// The live status of the rows a page shows (`row.<id>.connection`,
+/// `.health`, `.config`), from the shared live view. A row whose collector
+/// was deregistered says so.
+async fn events(
+    State(s): State<Arc<AppState>>,
+    _v: Viewer,
+    Query(q): Query<LiveIds>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let ids: Vec<String> = q
+        .ids
+        .split(',')
+        .filter(|i| !i.is_empty())
+        .take(LIVE_ROWS)
+        .map(String::from)
+        .collect();
+    let rx = s.live.subscribe();
+    let values = move |st: &LiveState, _: &AppState| row_values(st, &ids);
+    Sse::new(live::diff_stream(s, rx, values)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+fn row_values(st: &LiveState, ids: &[String]) -> live::Values {
+    let mut m = live::Values::new();
+    for id in ids {
+        let (conn, health, config) = match st.collectors.get(id) {
+            Some(c) => (
+                if c.connected { "connected" } else { "disconnected" },
+                c.health.as_str(),
+                c.config_status.as_str(),
+            ),
+            None => ("deregistered", "unknown", "none"),
+        };
+        m.insert(format!("row.{id}.connection"), conn.into());
+        m.insert(format!("row.{id}.health"), health.into());
+        m.insert(format!("row.{id}.config"), config.into());
+    }
+    m
 }
 
 /// One line of the health tree: depth for indentation by nesting lists.
@@ -174,6 +295,54 @@ struct DetailPage {
     health: Vec<HealthLine>,
     files: Vec<FileCompare>,
     error: Option<String>,
+    /// Valid commits a config can be pinned from, newest first.
+    commits: Vec<CommitChoice>,
+    /// Whether a config is pinned to this collector.
+    pinned: bool,
+    /// What an action just did.
+    notice: Option<String>,
+    /// A new credential to show once (rotation delivered in the answer).
+    secret: Option<String>,
+    /// An action's refusal.
+    action_error: Option<String>,
+    history: Vec<HistoryRow>,
+    live: String,
+}
+
+/// A commit offered by the pin form.
+struct CommitChoice {
+    commit: String,
+    short: String,
+    message: String,
+}
+
+struct HistoryRow {
+    status: String,
+    hash: String,
+    error: String,
+    at: TimeView,
+}
+
+/// Served commits, newest first: the one served now and those before it.
+fn commit_choices(s: &AppState) -> Vec<CommitChoice> {
+    let Some(cs) = &s.config_store else { return vec![] };
+    let mut seen = std::collections::BTreeSet::new();
+    cs.current()
+        .map(|snap| snap.revision.clone())
+        .into_iter()
+        .chain(
+            cs.history()
+                .into_iter()
+                .filter(|h| !matches!(h.outcome, HistoryOutcome::Refused))
+                .map(|h| h.revision),
+        )
+        .filter(|r| seen.insert(r.commit.clone()))
+        .map(|r| CommitChoice {
+            short: short_commit(&r.commit),
+            message: r.message.lines().next().unwrap_or_default().to_string(),
+            commit: r.commit,
+        })
+        .collect()
 }
 
 fn line_diff(a: &str, b: &str) -> Vec<(char, String)> {
@@ -190,7 +359,17 @@ fn line_diff(a: &str, b: &str) -> Vec<(char, String)> {
         .collect()
 }
 
-fn detail_page(v: &Viewer, d: CollectorDetail, labels: Option<String>, error: Option<String>) -> DetailPage {
+/// What an action's answer adds to the detail page.
+#[derive(Default)]
+struct Outcome {
+    labels: Option<String>,
+    error: Option<String>,
+    notice: Option<String>,
+    secret: Option<String>,
+    action_error: Option<String>,
+}
+
+fn detail_page(s: &AppState, v: &Viewer, d: CollectorDetail, o: Outcome) -> DetailPage {
     let mut health = Vec::new();
     if let Some(h) = d.status.as_ref().and_then(|s| s.health.as_ref()) {
         flatten_health("collector", h, 0, &mut health);
@@ -206,7 +385,12 @@ fn detail_page(v: &Viewer, d: CollectorDetail, labels: Option<String>, error: Op
                     let eff = effective.and_then(|e| e.files.get(name)).cloned();
                     FileCompare {
                         name: name.clone(),
-                        diff: eff.as_deref().map(|e| line_diff(e, body)).unwrap_or_default(),
+                        // Identical files need no diff (the page says so).
+                        diff: eff
+                            .as_deref()
+                            .filter(|e| *e != body.as_str())
+                            .map(|e| line_diff(e, body))
+                            .unwrap_or_default(),
                         desired: body.clone(),
                         effective: eff,
                     }
@@ -214,20 +398,199 @@ fn detail_page(v: &Viewer, d: CollectorDetail, labels: Option<String>, error: Op
                 .collect()
         })
         .unwrap_or_default();
+    let history = d
+        .status
+        .iter()
+        .flat_map(|s| &s.config_history)
+        .map(|t| HistoryRow {
+            status: t.status.clone(),
+            hash: t.hash.chars().take(12).collect(),
+            error: t.error_message.clone(),
+            at: TimeView::new(t.at),
+        })
+        .collect();
     DetailPage {
         layout: v.layout(format!("Collector {}", d.summary.name), "collectors"),
         last_seen: d.summary.last_seen.map(TimeView::new),
-        labels: labels.unwrap_or_else(|| labels_text(&d.summary.labels, "\n")),
+        labels: o.labels.unwrap_or_else(|| labels_text(&d.summary.labels, "\n")),
         health,
         files,
-        error,
+        error: o.error,
+        commits: commit_choices(s),
+        pinned: d.desired.as_ref().is_some_and(|x| x.source == "assignment"),
+        notice: o.notice,
+        secret: o.secret,
+        action_error: o.action_error,
+        history,
+        live: format!("/events/collectors?ids={}", encode_query(&d.summary.id)),
         d,
     }
 }
 
-async fn detail(State(s): State<Arc<AppState>>, v: Viewer, Path(id): Path<String>) -> Result<Html<String>, UiError> {
+#[derive(Deserialize)]
+struct Done {
+    #[serde(default)]
+    done: String,
+}
+
+/// The notice for an action that redirected back here (a fixed text per
+/// action: nothing from the URL is echoed).
+fn done_notice(done: &str) -> Option<String> {
+    Some(
+        match done {
+            "restart" => "Restart requested. The instance holding the collector's connection delivers it.",
+            "pinned" => "Config pinned: the collector now gets it whatever the routes say.",
+            "unpinned" => "Pin cleared: the collector follows the routes again.",
+            "rotated" => "Credential rotation started: the collector is offered its new credential on its connection; the old one stays valid until it reconnects with the new one or the overlap ends.",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+async fn detail(
+    State(s): State<Arc<AppState>>,
+    v: Viewer,
+    Path(id): Path<String>,
+    Query(q): Query<Done>,
+) -> Result<Html<String>, UiError> {
     let d = s.fleet.detail(&id).await?;
-    render(&detail_page(&v, d, None, None))
+    let o = Outcome {
+        notice: done_notice(&q.done),
+        ..Default::default()
+    };
+    render(&detail_page(&s, &v, d, o))
+}
+
+fn back(id: &str, done: &str) -> Response {
+    Redirect::to(&format!("/collectors/{}?done={done}", encode_query(id))).into_response()
+}
+
+/// The detail page again with an action's refusal (validation, conflict).
+async fn refused(s: &AppState, v: &Viewer, id: &str, status: StatusCode, msg: String) -> Result<Response, UiError> {
+    let d = s.fleet.detail(id).await?;
+    let o = Outcome {
+        action_error: Some(msg),
+        ..Default::default()
+    };
+    Ok((status, render(&detail_page(s, v, d, o))?).into_response())
+}
+
+/// Ask the collector to restart: the REST API's `POST …/restart`.
+async fn restart(State(s): State<Arc<AppState>>, v: Viewer, Path(id): Path<String>) -> Result<Response, UiError> {
+    s.domain.queue_command(&v.actor, &id, "restart").await?;
+    Ok(back(&id, "restart"))
+}
+
+#[derive(Deserialize)]
+struct PinForm {
+    /// A served commit's full id; empty clears the pin.
+    #[serde(default)]
+    commit: String,
+}
+
+/// Pin the collector to its render at a served commit (the rendered YAML
+/// becomes its pinned config, as `PUT …/config` would store it), or clear
+/// the pin (`DELETE …/config`).
+async fn pin(
+    State(s): State<Arc<AppState>>,
+    v: Viewer,
+    Path(id): Path<String>,
+    Form(f): Form<PinForm>,
+) -> Result<Response, UiError> {
+    if id == DEFAULT_ASSIGNMENT {
+        return Err(UiError::new(StatusCode::NOT_FOUND, "no such collector"));
+    }
+    let commit = f.commit.trim();
+    if commit.is_empty() {
+        s.domain.delete_assignment(&v.actor, &id).await?;
+        return Ok(back(&id, "unpinned"));
+    }
+    let Some(cs) = &s.config_store else {
+        let msg = "Pin: no config store is configured, so there is no commit to pin from.".to_string();
+        return refused(&s, &v, &id, StatusCode::UNPROCESSABLE_ENTITY, msg).await;
+    };
+    let snap = match cs.checked_commit(commit).await {
+        Ok(snap) => snap,
+        Err(e) => {
+            let msg = format!("Pin: commit {}: {e}", short_commit(commit));
+            return refused(&s, &v, &id, StatusCode::UNPROCESSABLE_ENTITY, msg).await;
+        }
+    };
+    let d = s.fleet.detail(&id).await?;
+    let r = snap.render(&d.summary.labels);
+    if r.pipelines.is_empty() {
+        let msg = format!(
+            "Pin: at commit {} no route matches this collector's labels, so there is no config to pin.",
+            short_commit(commit)
+        );
+        return refused(&s, &v, &id, StatusCode::UNPROCESSABLE_ENTITY, msg).await;
+    }
+    let files = [(
+        RENDERED_FILE.to_string(),
+        AssignedFile {
+            body: r.yaml,
+            content_type: "application/yaml".into(),
+        },
+    )]
+    .into();
+    s.domain.set_assignment(&v.actor, &id, files).await?;
+    Ok(back(&id, "pinned"))
+}
+
+/// Rotate the collector's credential: the REST API's
+/// `POST …/rotate-credential`. A credential returned in the answer is shown
+/// once, on this page (never in a URL).
+async fn rotate(State(s): State<Arc<AppState>>, v: Viewer, Path(id): Path<String>) -> Result<Response, UiError> {
+    let r = s.domain.rotate_credential(&v.actor, &id).await?;
+    let Some(secret) = r.credential else {
+        return Ok(back(&id, "rotated"));
+    };
+    let d = s.fleet.detail(&id).await?;
+    let o = Outcome {
+        notice: Some(
+            "Credential rotated: the old credentials are revoked. Install this one on the collector now; it is shown only once."
+                .into(),
+        ),
+        secret: Some(secret),
+        ..Default::default()
+    };
+    Ok(render(&detail_page(&s, &v, d, o))?.into_response())
+}
+
+#[derive(Deserialize)]
+struct DeregisterForm {
+    version: u64,
+    /// The collector's name, typed to confirm (works without scripts).
+    #[serde(default)]
+    confirm_name: String,
+}
+
+/// Deregister the collector: the REST API's `DELETE /collectors/{id}`,
+/// guarded by the version the page showed.
+async fn deregister(
+    State(s): State<Arc<AppState>>,
+    v: Viewer,
+    Path(id): Path<String>,
+    Form(f): Form<DeregisterForm>,
+) -> Result<Response, UiError> {
+    let d = s.fleet.detail(&id).await?;
+    if f.confirm_name.trim() != d.summary.name {
+        let msg = format!(
+            "Deregister: type the collector's name, {}, in the confirmation field.",
+            d.summary.name
+        );
+        return refused(&s, &v, &id, StatusCode::UNPROCESSABLE_ENTITY, msg).await;
+    }
+    match s.domain.deregister_collector(&v.actor, &id, Some(f.version)).await {
+        Ok(()) => Ok(Redirect::to(&format!("/collectors?deregistered={}", encode_query(&id))).into_response()),
+        Err(DomainError::Conflict { .. }) => {
+            let msg = "Deregister: the collector changed since this page was loaded. Review it below and try again."
+                .to_string();
+            refused(&s, &v, &id, StatusCode::CONFLICT, msg).await
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -260,7 +623,12 @@ async fn save_labels(
     };
     let d = s.fleet.detail(&id).await?;
     let (status, msg) = problem.unwrap_or((StatusCode::OK, String::new()));
-    let page = detail_page(&v, d, Some(f.labels), Some(msg));
+    let o = Outcome {
+        labels: Some(f.labels),
+        error: Some(msg),
+        ..Default::default()
+    };
+    let page = detail_page(&s, &v, d, o);
     Ok((status, render(&page)?).into_response())
 }
 

@@ -29,6 +29,7 @@ mod canvas;
 mod collectors;
 mod config;
 pub mod layout;
+pub mod live;
 mod overview;
 mod session;
 mod view;

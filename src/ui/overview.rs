@@ -15,6 +15,7 @@ use axum::Router;
 use futures::Stream;
 
 use super::layout::{render, Layout, UiError, Viewer};
+use super::live::LiveState;
 use super::view::{short_commit, TimeView};
 use crate::api::AppState;
 use crate::configstore::ValidationError;
@@ -25,10 +26,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/", get(page))
         .route("/events/overview", get(events))
 }
-
-/// How often a live page's data is recomputed; an update is sent only when
-/// something changed, so a browser gets at most one per period.
-pub const LIVE_PERIOD: Duration = Duration::from_secs(1);
 
 /// The served commit and the refused one, if the last attempt failed.
 pub struct ConfigState {
@@ -122,7 +119,7 @@ struct Overview {
 }
 
 async fn page(State(s): State<Arc<AppState>>, v: Viewer) -> Result<Html<String>, UiError> {
-    let summary = s.fleet.summary().await?;
+    let summary = s.live.latest(&s.fleet).await?.summary.clone();
     let health = HEALTH
         .iter()
         .map(|k| (*k, summary.health.get(*k).copied().unwrap_or(0)))
@@ -142,38 +139,12 @@ async fn page(State(s): State<Arc<AppState>>, v: Viewer) -> Result<Html<String>,
 
 /// Server-Sent Events for the overview: an `update` event with the changed
 /// values at most once per `LIVE_PERIOD`, a `reload` event when the page's
-/// shape changed (an instance appeared or left).
+/// shape changed (an instance appeared or left). The fleet figures come
+/// from the one shared [`LiveFleet`](super::live::LiveFleet); the config
+/// state is read from memory each period (a refused commit changes no
+/// fleet figure).
 async fn events(State(s): State<Arc<AppState>>, _v: Viewer) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = futures::stream::unfold((s, None::<BTreeMap<String, String>>), |(s, last)| async move {
-        loop {
-            if last.is_some() {
-                tokio::time::sleep(LIVE_PERIOD).await;
-            }
-            let Ok(sum) = s.fleet.summary().await else { continue };
-            let now = live_values(&sum, &config_state(&s));
-            let event = match &last {
-                // The page was rendered just before: only send differences.
-                None => None,
-                Some(prev) if prev == &now => None,
-                Some(prev) if prev.keys().ne(now.keys()) => Some(Event::default().event("reload").data("{}")),
-                Some(prev) => {
-                    let changed: BTreeMap<&String, &String> =
-                        now.iter().filter(|(k, v)| prev.get(*k) != Some(*v)).collect();
-                    serde_json::to_string(&changed)
-                        .ok()
-                        .map(|d| Event::default().event("update").data(d))
-                }
-            };
-            match event {
-                Some(e) => return Some((Ok(e), (s, Some(now)))),
-                None if last.is_none() => {
-                    // First round: tell the browser the stream is open.
-                    let d = serde_json::to_string(&now).unwrap_or_default();
-                    return Some((Ok(Event::default().event("update").data(d)), (s, Some(now))));
-                }
-                None => continue,
-            }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let rx = s.live.subscribe();
+    let values = move |st: &LiveState, s: &AppState| live_values(&st.summary, &config_state(s));
+    Sse::new(super::live::diff_stream(s, rx, values)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

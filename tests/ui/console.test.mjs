@@ -5,15 +5,16 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser, newPage, login, screenshot, axeViolations, until, ADMIN_PASSWORD } from "./harness.mjs";
+import { startServer, launchBrowser, newPage, login, checkPage, until, ADMIN_PASSWORD } from "./harness.mjs";
 
 let server;
 let browser;
+let devSim;
 
 before(async () => {
   server = await startServer({ name: "console" });
   await server.sim({ count: 6, labels: { env: "prod", role: "app", os: "linux" } });
-  await server.sim({ count: 4, labels: { env: "dev", role: "web", os: "linux" } });
+  devSim = await server.sim({ count: 4, labels: { env: "dev", role: "web", os: "linux" } });
   browser = await launchBrowser();
 });
 
@@ -21,14 +22,6 @@ after(async () => {
   await browser?.close();
   await server?.stop();
 });
-
-/** Check a page the way every page is checked: axe, CSP, screenshot. */
-async function checkPage(page, name) {
-  const violations = await axeViolations(page);
-  assert.deepEqual(violations, [], `accessibility violations on ${name}`);
-  assert.deepEqual(page.problems, [], `script or CSP errors on ${name}`);
-  await screenshot(page, name);
-}
 
 test("a wrong password says so; the right one opens the overview", async () => {
   const page = await newPage(browser);
@@ -154,5 +147,116 @@ test("an invalid commit's errors show on the config page; the last valid one sta
   assert.match(errors, /no-such-pipeline/);
   assert.equal(await page.locator("#served-commit").textContent(), served);
   await checkPage(page, "config-refused");
+  await page.context().close();
+});
+
+test("the collectors table sorts by name and by last seen, pages per sort, and follows status live", async () => {
+  // Cursor paging through the API, per sort: every collector once, in order.
+  const walk = async (sort) => {
+    const seen = [];
+    let cursor = "";
+    for (let i = 0; i < 10; i++) {
+      const page = await server.admin.get(`/api/v1/collectors?sort=${sort}&limit=5${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+      seen.push(...page.items);
+      if (!page.next_cursor) break;
+      cursor = page.next_cursor;
+    }
+    return seen;
+  };
+  const byName = await walk("name");
+  assert.equal(byName.length, 12);
+  assert.equal(new Set(byName.map((c) => c.id)).size, 12, "no collector twice");
+  const names = byName.map((c) => c.name.toLowerCase());
+  assert.deepEqual(names, [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)));
+  const bySeen = await walk("last_seen");
+  assert.equal(new Set(bySeen.map((c) => c.id)).size, 12);
+  const seen = bySeen.map((c) => Date.parse(c.last_seen ?? 0));
+  assert.deepEqual(seen, [...seen].sort((a, b) => b - a), "newest first");
+
+  const page = await newPage(browser);
+  await login(page, server.base, "admin", ADMIN_PASSWORD);
+  await page.goto(`${server.base}/collectors?sort=name`);
+  const shown = (await page.locator("#collectors tbody tr td:first-child a").allTextContents()).map((n) => n.toLowerCase());
+  assert.deepEqual(shown, names, "the table is in name order");
+  await page.getByRole("link", { name: "Last seen" }).click();
+  await page.waitForURL((u) => u.searchParams.get("sort") === "last_seen");
+  assert.equal(await page.locator("th[aria-sort=descending]").textContent(), "Last seen");
+  await checkPage(page, "collectors-sorted");
+
+  // Two more collectors; their rows follow them without a reload.
+  const edge = await server.sim({ count: 2, labels: { env: "edge", role: "app" } });
+  await page.goto(`${server.base}/collectors?selector=env%3Dedge`);
+  const states = page.locator("#collectors [data-key$='.connection']");
+  assert.equal(await states.count(), 2);
+  await until("both edge rows connected", async () => (await states.allTextContents()).every((t) => t === "connected"));
+  await page.evaluate(() => (window.__notReloaded = true));
+  edge.kill("SIGKILL");
+  await until("both edge rows disconnected, live", async () => (await states.allTextContents()).every((t) => t === "disconnected"));
+  assert.equal(await page.evaluate(() => window.__notReloaded), true, "the page was not reloaded");
+  await checkPage(page, "collectors-live");
+  await page.context().close();
+});
+
+test("collector detail actions: restart reaches the sim, pin and clear a config, rotate, deregister", async () => {
+  const dev = (await server.admin.get("/api/v1/collectors?selector=env%3Ddev")).items[0];
+  const page = await newPage(browser);
+  const dialogs = [];
+  page.on("dialog", (d) => {
+    dialogs.push(d.message());
+    d.accept();
+  });
+  await login(page, server.base, "admin", ADMIN_PASSWORD);
+  await page.goto(`${server.base}/collectors/${dev.id}`);
+
+  // Restart: confirmed by name, and the simulated collector gets it.
+  await page.getByRole("button", { name: "Restart" }).click();
+  await page.locator("#action-result").filter({ hasText: "Restart requested" }).waitFor();
+  assert.equal(dialogs.at(-1), `Restart collector ${dev.name}?`);
+  await until("the sim to receive the restart", () => devSim.output().includes(`restart received by ${dev.id}`));
+
+  // The config status history shows the config being applied.
+  assert.match(await page.locator("#config-history").textContent(), /APPLIED/);
+  const detail = await server.admin.get(`/api/v1/collectors/${dev.id}`);
+  assert.equal(detail.status.config_history[0].status, "APPLIED", "the API shows the history too");
+
+  // Pin the render of the served commit, then clear the pin.
+  const served = await page.locator("#pin-commit option").nth(1).getAttribute("value");
+  await page.getByLabel("Pinned config").selectOption(served);
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.locator("#action-result").filter({ hasText: "Config pinned" }).waitFor();
+  assert.equal(dialogs.at(-1), `Change the pinned config of collector ${dev.name}?`);
+  assert.equal(await page.locator("#config-source").textContent(), "pinned to this collector");
+  assert.equal((await server.admin.get(`/api/v1/collectors/${dev.id}`)).desired.source, "assignment");
+  await checkPage(page, "collector-actions");
+  await page.getByLabel("Pinned config").selectOption("");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.locator("#action-result").filter({ hasText: "Pin cleared" }).waitFor();
+  assert.match(await page.locator("#config-source").textContent(), /^config_store@/);
+
+  // Rotate and deregister an edge collector (its sim is gone).
+  const edge = (await server.admin.get("/api/v1/collectors?selector=env%3Dedge")).items[0];
+  await page.goto(`${server.base}/collectors/${edge.id}`);
+  await page.getByRole("button", { name: "Rotate credential" }).click();
+  const secret = await page.locator("#new-credential").textContent();
+  assert.match(secret, /^lmc_/, "the new credential is shown once");
+  assert.equal(dialogs.at(-1), `Rotate the credential of collector ${edge.name}?`);
+  await checkPage(page, "collector-rotated");
+  await page.goto(`${server.base}/collectors/${edge.id}`);
+  assert.equal(await page.locator("#new-credential").count(), 0, "and never again");
+  assert.ok(!(await page.content()).includes(secret));
+
+  // Deregister: a wrong name is refused, the right one removes it.
+  await page.getByLabel(/to confirm/).fill("not-its-name");
+  await page.getByRole("button", { name: "Deregister" }).click();
+  await page.locator("#action-error").filter({ hasText: "type the collector's name" }).waitFor();
+  assert.ok((await server.admin.req("GET", `/api/v1/collectors/${edge.id}`)).status === 200, "nothing deleted");
+  await page.getByLabel(/to confirm/).fill(edge.name);
+  await page.getByRole("button", { name: "Deregister" }).click();
+  await page.locator("#deregistered").waitFor();
+  assert.match(dialogs.at(-1), new RegExp(`^Deregister collector ${edge.name}\\?`));
+  assert.equal((await server.admin.req("GET", `/api/v1/collectors/${edge.id}`)).status, 404);
+  const rows = await page.locator("#collectors tbody tr").allTextContents();
+  assert.ok(!rows.some((r) => r.includes(edge.id)), "gone from the table");
+  await checkPage(page, "collector-deregistered");
   await page.context().close();
 });

@@ -15,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
+import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -195,6 +196,8 @@ log_level = "warn"
       let output = "";
       p.stdout.on("data", (d) => (output += d));
       p.stderr.on("data", (d) => (output += d));
+      /** Everything the sim printed so far (e.g. "restart received by <id>"). */
+      p.output = () => output;
       sims.push(p);
       await until(`${count} sim collectors to connect (${output})`, () => output.includes(`connected ${count} collectors`) || (p.exitCode !== null && Promise.reject(new Error(output))), 120000);
       return p;
@@ -269,4 +272,16 @@ export async function axeViolations(page) {
   return result.violations
     .filter((v) => v.impact === "serious" || v.impact === "critical")
     .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(" ")).slice(0, 3).join(", ")}`);
+}
+
+/**
+ * Check a page the way every page is checked: axe-core finds no serious or
+ * critical violation, no CSP or script error happened, and a screenshot is
+ * saved as target/ui-screenshots/<name>.png. Every test file uses it.
+ */
+export async function checkPage(page, name) {
+  const violations = await axeViolations(page);
+  assert.deepEqual(violations, [], `accessibility violations on ${name}`);
+  assert.deepEqual(page.problems, [], `script or CSP errors on ${name}`);
+  await screenshot(page, name);
 }

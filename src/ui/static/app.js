@@ -36,6 +36,8 @@ function live() {
       for (const [key, value] of Object.entries(data)) {
         for (const target of el.querySelectorAll(`[data-key="${CSS.escape(key)}"]`)) {
           if (target.textContent !== String(value)) target.textContent = String(value);
+          // data-value drives the colour (CSS), so it follows the text.
+          if (target.hasAttribute("data-value")) target.setAttribute("data-value", String(value));
         }
       }
       el.dispatchEvent(new CustomEvent("live-update", { detail: data }));
