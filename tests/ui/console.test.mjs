@@ -260,3 +260,34 @@ test("collector detail actions: restart reaches the sim, pin and clear a config,
   await checkPage(page, "collector-deregistered");
   await page.context().close();
 });
+
+test("the config page previews a render for a label set and counts the collectors each route applies to", async () => {
+  const page = await newPage(browser);
+  await login(page, server.base, "admin", ADMIN_PASSWORD);
+  // Counted from the fleet as the API lists it (the renderer's rule).
+  const all = (await server.admin.get("/api/v1/collectors?limit=500")).items;
+  const linux = all.filter((c) => c.labels.os === "linux" && c.labels.ring !== "canary").length;
+  const apps = all.filter((c) => ["app", "web"].includes(c.labels.role) && c.labels.env !== "dev" && c.labels.ring !== "canary").length;
+  assert.ok(linux > 0 && apps > 0);
+  await until("the route counts to match the fleet", async () => {
+    await page.goto(`${server.base}/config`);
+    return (await page.locator("tr[data-route=linux-hosts] .matched").textContent()) === String(linux);
+  });
+  assert.equal(await page.locator("tr[data-route=applications] .matched").textContent(), String(apps));
+
+  await page.getByLabel(/Labels of a collector/).fill("env=dev\nos=linux");
+  await page.getByRole("button", { name: "Render" }).click();
+  await page.locator("#preview-yaml").waitFor();
+  assert.match(await page.locator("#preview-result").textContent(), /Routes applied: linux-hosts;/);
+  assert.match(await page.locator("#preview-yaml").textContent(), /hostmetrics/);
+  assert.equal(await page.getByLabel(/Labels of a collector/).inputValue(), "env=dev\nos=linux", "the labels stay in the form");
+  await checkPage(page, "config-preview");
+
+  await page.getByLabel(/Labels of a collector/).fill("env=dev\noops");
+  await page.getByRole("button", { name: "Render" }).click();
+  assert.match(await page.locator("#preview-error").textContent(), /"oops" is not key=value/);
+  await page.getByLabel(/Labels of a collector/).fill("env=dev");
+  await page.getByRole("button", { name: "Render" }).click();
+  assert.match(await page.locator("#preview-error").textContent(), /No route matches/);
+  await page.context().close();
+});
