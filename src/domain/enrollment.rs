@@ -109,7 +109,7 @@ pub(crate) fn normalize_uid(uid: &str) -> Result<String, DomainError> {
 }
 
 impl Domain {
-    fn token_view(&self, t: &EnrollmentToken) -> EnrollmentTokenView {
+    pub(super) fn token_view(&self, t: &EnrollmentToken) -> EnrollmentTokenView {
         EnrollmentTokenView {
             id: t.id.clone(),
             name: t.name.clone(),

@@ -13,6 +13,7 @@ mod collectors;
 mod config_override;
 pub mod credentials;
 mod enrollment;
+mod onboarding;
 pub mod records;
 pub mod secrets;
 mod users;
@@ -31,6 +32,7 @@ pub use credentials::{OfferedCredential, RotatedCredential};
 pub use enrollment::{
     EnrollRequest, Enrolled, EnrollmentTokenCreated, EnrollmentTokenView, FirstContact, NewEnrollmentToken,
 };
+pub use onboarding::{EnrolledCollector, EnrollmentProgress};
 pub use records::*;
 pub use users::{NewUser, UserUpdate, UserView};
 

@@ -33,6 +33,11 @@ const FILES: &[(&str, &[u8], &str)] = &[
         include_bytes!("static/canvas.js"),
         "text/javascript; charset=utf-8",
     ),
+    (
+        "onboarding.js",
+        include_bytes!("static/onboarding.js"),
+        "text/javascript; charset=utf-8",
+    ),
 ];
 
 struct Asset {

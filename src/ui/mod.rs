@@ -24,6 +24,7 @@
 //! 4. Scripts and styles go in `src/ui/static/` and are listed in
 //!    `assets::FILES`; no inline `<script>` or `style=` (the CSP forbids it).
 
+mod addcollector;
 pub mod assets;
 mod canvas;
 mod collectors;
@@ -32,6 +33,7 @@ pub mod layout;
 pub mod live;
 mod overview;
 mod session;
+mod tokens;
 mod view;
 
 use std::sync::Arc;
@@ -49,4 +51,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .merge(collectors::routes())
         .merge(config::routes())
         .merge(canvas::routes())
+        .merge(addcollector::routes())
+        .merge(tokens::routes())
 }

@@ -23,7 +23,7 @@ export const repoRoot = resolve(here, "..", "..");
 const targetDir = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(repoRoot, "target");
 // LINKMESH_BIN_DIR: where linkmesh and linkmesh-sim are (default: the
 // cargo target's debug directory).
-const binDir = process.env.LINKMESH_BIN_DIR ? resolve(process.env.LINKMESH_BIN_DIR) : join(targetDir, "debug");
+export const binDir = process.env.LINKMESH_BIN_DIR ? resolve(process.env.LINKMESH_BIN_DIR) : join(targetDir, "debug");
 export const screenshotDir = join(repoRoot, "target", "ui-screenshots");
 export const ADMIN_PASSWORD = "ui-test-admin-password-long";
 
