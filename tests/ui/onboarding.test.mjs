@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { join } from "node:path";
-import { startServer, launchBrowser, newPage, login, screenshot, axeViolations, until, ADMIN_PASSWORD, binDir } from "./harness.mjs";
+import { startServer, launchBrowser, newPage, login, checkPage, until, ADMIN_PASSWORD, binDir } from "./harness.mjs";
 
 let server;
 let browser;
@@ -26,14 +26,6 @@ after(async () => {
   await browser?.close();
   await server?.stop();
 });
-
-/** Check a page the way every page is checked: axe, CSP, screenshot. */
-async function checkPage(page, name) {
-  const violations = await axeViolations(page);
-  assert.deepEqual(violations, [], `accessibility violations on ${name}`);
-  assert.deepEqual(page.problems, [], `script or CSP errors on ${name}`);
-  await screenshot(page, name);
-}
 
 /**
  * Run the `linkmesh-sim` command exactly as the page shows it
