@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod owntelemetry;
 pub mod sim;
 pub mod storage;
+pub mod tasks;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
@@ -32,6 +33,7 @@ use crate::config::{Config, StorageBackend};
 use crate::domain::{AuthSettings, CredentialPolicy, Domain};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::storage::{StorageError, Store};
+use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 
 /// Sockets the server serves on, bound by the caller.
@@ -113,14 +115,20 @@ pub async fn open_store(config: &Config) -> Result<Store, RunError> {
 }
 
 /// Run one server instance until `shutdown` completes, then drain in-flight
-/// requests for at most `server.shutdown_grace`.
+/// requests for at most `server.shutdown_grace`. When it returns, every
+/// task of the instance has ended and the store is closed (the embedded
+/// file can be opened again at once, even in the same process).
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let store = open_store(&config).await?;
-    run_with_store(config, store, Arc::new(SystemClock), listeners, shutdown).await
+    let result = run_with_store(config, store.clone(), Arc::new(SystemClock), listeners, shutdown).await;
+    // A storage call whose caller was cancelled may still be finishing on
+    // a blocking thread; wait for it so the last handle goes with `store`.
+    store.idle().await;
+    result
 }
 
 /// `run` on an already opened store and a given clock (tests share one
@@ -132,6 +140,29 @@ pub async fn run_with_store(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // The instance's task set; see the comment at the top of `serve`.
+    let tasks = Tasks::new();
+    let result = serve(config, store, clock, listeners, shutdown, &tasks).await;
+    // Also on an error: nothing may outlive `run`.
+    tasks.stop().await;
+    result
+}
+
+async fn serve(
+    config: Config,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    tasks: &Tasks,
+) -> Result<(), RunError> {
+    // EVERY BACKGROUND TASK OF THE INSTANCE RUNS ON `tasks` (see
+    // `crate::tasks`): `tasks.spawn(name, fut)` for a loop with nothing to
+    // finish, `tasks.spawn_graceful(name, |stop| ..)` for one that must
+    // store something before it ends. At shutdown `run` cancels them all
+    // and waits until every one has ended, so a stopped instance holds no
+    // store handle, socket or timer. Never `tokio::spawn` a task that
+    // outlives a request; pass `tasks` (or `fleet.tasks()`) down instead.
     let instance = config.instance_name();
     let metrics = Arc::new(Metrics::new(&instance));
     let store = store.with_metrics(metrics.clone());
@@ -173,15 +204,19 @@ pub async fn run_with_store(
         },
         config_store.clone(),
         metrics.clone(),
+        tasks.clone(),
     )
     .await;
     // One live fleet view for every open console page.
     let live = ui::live::LiveFleet::default();
-    let live_task = tokio::spawn(live.clone().follow(
-        fleet.clone(),
-        domain.store().subscribe(),
-        config_store.as_ref().map(|c| c.subscribe()),
-    ));
+    tasks.spawn(
+        "console live view",
+        live.clone().follow(
+            fleet.clone(),
+            domain.store().subscribe(),
+            config_store.as_ref().map(|c| c.subscribe()),
+        ),
+    );
     let own_telemetry = owntelemetry::OwnTelemetry::new(domain.clone(), instance.clone(), metrics.clone());
     let state = Arc::new(api::AppState {
         domain: domain.clone(),
@@ -213,14 +248,14 @@ pub async fn run_with_store(
         let _ = rx.wait_for(|s| *s).await;
     };
     let tls = match &config.tls {
-        Some(t) => Some(tls::server_config(t, &[b"h2", b"http/1.1"])?),
+        Some(t) => Some(tls::server_config(t, &[b"h2", b"http/1.1"], tasks)?),
         None => None,
     };
     let http_addr = listeners.http.local_addr().map_err(RunError::Serve)?;
     let grpc_addr = listeners.grpc.local_addr().map_err(RunError::Serve)?;
     let web = match &tls {
         Some(sc) => {
-            let listener = tls::TlsListener::new(listeners.http, sc.clone()).map_err(RunError::Serve)?;
+            let listener = tls::TlsListener::new(listeners.http, sc.clone(), tasks).map_err(RunError::Serve)?;
             tokio::spawn(
                 axum::serve(listener, app)
                     .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -240,8 +275,8 @@ pub async fn run_with_store(
         .add_service(grpc_service);
     let grpc = match &config.tls {
         Some(tls_cfg) => {
-            let sc = tls::collector_server_config(tls_cfg)?;
-            let listener = tls::TlsListener::new(listeners.grpc, sc).map_err(RunError::Serve)?;
+            let sc = tls::collector_server_config(tls_cfg, tasks)?;
+            let listener = tls::TlsListener::new(listeners.grpc, sc, tasks).map_err(RunError::Serve)?;
             tokio::spawn(grpc_server.serve_with_incoming_shutdown(listener.into_stream(), stopped(stop_rx.clone())))
         }
         None => {
@@ -252,17 +287,19 @@ pub async fn run_with_store(
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%http_addr, %grpc_addr, scheme, instance, "Serving the web/API and collector listeners.");
 
-    let sweeper = tokio::spawn(sweep_sessions(domain.clone()));
-    // Stored after the servers stopped, so the last figures received are kept.
-    let rollups = tokio::spawn(owntelemetry::run_writer(
-        own_telemetry,
-        config.fleet.telemetry_rollup_interval,
-        stop_rx.clone(),
-    ));
+    tasks.spawn("session sweeper", sweep_sessions(domain.clone()));
+    // Graceful: the figures held in memory are stored when it stops.
+    let interval = config.fleet.telemetry_rollup_interval;
+    tasks.spawn_graceful("own-telemetry rollup", |stop| {
+        owntelemetry::run_writer(own_telemetry, interval, stop)
+    });
     // Every instance obeys the one stored emergency config override.
-    let override_follower = config_store
-        .clone()
-        .map(|cs| tokio::spawn(domain::follow_config_override(domain.clone(), cs)));
+    if let Some(cs) = config_store.clone() {
+        tasks.spawn(
+            "config override follower",
+            domain::follow_config_override(domain.clone(), cs),
+        );
+    }
     let mut web = web;
     let mut grpc = grpc;
     let result = tokio::select! {
@@ -278,7 +315,12 @@ pub async fn run_with_store(
         }))),
         _ = shutdown => {
             tracing::info!(grace = ?config.server.shutdown_grace, "Shutting down; draining in-flight requests.");
+            // Stop accepting; then end the background tasks (collector
+            // streams included) and close the sessions, so long-lived
+            // streams do not hold the drain for the whole grace.
             let _ = stop_tx.send(true);
+            tasks.stop().await;
+            fleet.shutdown().await;
             let drained = tokio::time::timeout(config.server.shutdown_grace, async {
                 let _ = (&mut web).await;
                 let _ = (&mut grpc).await;
@@ -292,15 +334,23 @@ pub async fn run_with_store(
             Ok(())
         }
     };
-    sweeper.abort();
-    live_task.abort();
-    let _ = rollups.await;
-    if let Some(f) = override_follower {
-        f.abort();
+    // Both servers have ended before `run` returns (one may still run if
+    // the other failed; an aborted one is awaited until it is gone).
+    let _ = stop_tx.send(true);
+    if !web.is_finished() {
+        web.abort();
+        let _ = web.await;
     }
+    if !grpc.is_finished() {
+        grpc.abort();
+        let _ = grpc.await;
+    }
+    // Again after the servers ended (or first, after a server failed): an
+    // HTTP poll served during the drain may have opened a session.
+    tasks.stop().await;
     fleet.shutdown().await;
     if let Some(cs) = &config_store {
-        cs.stop();
+        cs.stop_and_wait().await;
     }
     result
 }

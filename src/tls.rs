@@ -19,6 +19,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
+use crate::tasks::Tasks;
 
 /// How often the certificate files are checked for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(2);
@@ -85,8 +86,9 @@ fn mtimes(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
 }
 
 /// Build a rustls server config for `cfg`, and start watching its files.
-pub fn server_config(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
-    build_server_config(cfg, alpn, None)
+/// The watcher runs on `tasks` (it ends with the instance).
+pub fn server_config(cfg: &TlsConfig, alpn: &[&[u8]], tasks: &Tasks) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server_config(cfg, alpn, None, tasks)
 }
 
 /// The collector listener's config: like `server_config`, plus optional
@@ -94,14 +96,15 @@ pub fn server_config(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
 /// without a certificate may still connect and present a bearer
 /// credential; one with a certificate that does not verify is refused in
 /// the handshake.
-pub fn collector_server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    build_server_config(cfg, &[b"h2"], cfg.client_ca_file.as_deref())
+pub fn collector_server_config(cfg: &TlsConfig, tasks: &Tasks) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server_config(cfg, &[b"h2"], cfg.client_ca_file.as_deref(), tasks)
 }
 
 fn build_server_config(
     cfg: &TlsConfig,
     alpn: &[&[u8]],
     client_ca: Option<&Path>,
+    tasks: &Tasks,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let initial = load_certified_key(&cfg.cert_file, &cfg.key_file)?;
     let resolver = Arc::new(ReloadingResolver {
@@ -134,7 +137,7 @@ fn build_server_config(
     sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let (cert, key) = (cfg.cert_file.clone(), cfg.key_file.clone());
     let weak = Arc::downgrade(&resolver);
-    tokio::spawn(async move {
+    tasks.spawn("TLS certificate reload", async move {
         let files = vec![cert.clone(), key.clone()];
         let mut seen = mtimes(&files);
         loop {
@@ -196,11 +199,14 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
+    /// The accept loop and handshakes run on `tasks`: at a stop the
+    /// listening socket is closed, not left bound until the next accept.
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>, tasks: &Tasks) -> io::Result<Self> {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(async move {
+        let handshakes = tasks.clone();
+        tasks.spawn("TLS accept loop", async move {
             loop {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(x) => x,
@@ -212,7 +218,7 @@ impl TlsListener {
                     }
                 };
                 let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
+                handshakes.spawn("TLS handshake", async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = conn_tx.send((tls, peer)).await;

@@ -491,6 +491,17 @@ impl ConfigStoreHandle {
             t.abort();
         }
     }
+
+    /// `stop`, and wait until the reload loop has ended (a fetch in
+    /// progress is interrupted; `run` returns only after this).
+    pub async fn stop_and_wait(&self) {
+        self.shared.interrupt.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = lock(&self.tasks.0).drain(..).collect();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
 }
 
 async fn reload_loop(

@@ -39,12 +39,13 @@ mod testing;
 pub mod views;
 mod writer;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::configstore::ConfigStoreHandle;
 use crate::domain::Domain;
+use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 use registry::Registry;
 use resolve::Resolver;
@@ -93,8 +94,9 @@ struct Inner {
     resolver: Resolver,
     writer: StatusWriter,
     started_at: Timestamp,
-    /// Background tasks (change feed, sweeper, presence), ended by `shutdown`.
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The instance's task set (`crate::tasks`): the fleet's loops and the
+    /// collector stream handlers run there, so `run` ends them.
+    tasks: Tasks,
 }
 
 #[derive(Clone)]
@@ -112,13 +114,14 @@ impl Fleet {
         settings: FleetSettings,
         config_store: Option<ConfigStoreHandle>,
         metrics: Arc<Metrics>,
+        tasks: Tasks,
     ) -> Fleet {
         let feed = domain.store().subscribe();
         let snapshots = config_store.as_ref().map(|c| c.subscribe());
         let inner = Arc::new(Inner {
             resolver: Resolver::new(domain.store().clone(), config_store),
-            tasks: Mutex::new(Vec::new()),
-            writer: StatusWriter::start(domain.store().clone()),
+            writer: StatusWriter::start(domain.store().clone(), &tasks),
+            tasks,
             started_at: domain.clock().now(),
             domain,
             settings,
@@ -127,15 +130,13 @@ impl Fleet {
         });
         let fleet = Fleet { inner };
         fleet.release_stale_statuses().await;
-        let mut tasks = vec![
-            tokio::spawn(fleet.clone().follow_changes(feed)),
-            tokio::spawn(fleet.clone().sweep()),
-            tokio::spawn(fleet.clone().heartbeat_presence()),
-        ];
+        let tasks = &fleet.inner.tasks;
+        tasks.spawn("fleet change feed", fleet.clone().follow_changes(feed));
+        tasks.spawn("liveness sweep", fleet.clone().sweep());
+        tasks.spawn("presence heartbeat", fleet.clone().heartbeat_presence());
         if let Some(rx) = snapshots {
-            tasks.push(tokio::spawn(fleet.clone().follow_snapshots(rx)));
+            tasks.spawn("config push", fleet.clone().follow_snapshots(rx));
         }
-        *fleet.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         fleet
     }
 
@@ -147,13 +148,17 @@ impl Fleet {
         &self.inner.domain
     }
 
+    /// The instance's task set: transports run collector sessions there.
+    pub fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
+    }
+
     /// Graceful stop: every collector held here is stored as disconnected
     /// and this instance's presence row is removed, so other instances show
     /// the truth at once while the collectors reconnect through them.
+    /// Call it after the instance's tasks stopped (`crate::tasks`), so the
+    /// presence heartbeat cannot write the row again.
     pub async fn shutdown(&self) {
-        for task in self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            task.abort();
-        }
         let entries = self.inner.sessions.drain();
         let now = self.inner.domain.clock().now();
         for entry in &entries {

@@ -212,7 +212,9 @@ impl Fleet {
         self.inner.metrics.connected_collectors.dec();
         let writer = self.inner.writer.clone();
         let now = self.inner.domain.clock().now();
-        tokio::spawn(async move {
+        // Graceful: not cut short by a stop, so the disconnect is queued
+        // for the final flush.
+        self.inner.tasks.spawn_graceful("disconnect", |_| async move {
             let mut status = entry.ctx.lock().await.agent.status.clone();
             status.connected = false;
             status.last_seen = Some(now);

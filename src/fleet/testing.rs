@@ -35,6 +35,7 @@ pub async fn fleet() -> Fixture {
         },
         None,
         Arc::new(Metrics::new("t")),
+        crate::tasks::Tasks::new(),
     )
     .await;
     Fixture {

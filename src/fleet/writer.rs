@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::domain::{Collector, CollectorStatus};
 use crate::storage::{Expect, Op, StorageError, Store, Table};
+use crate::tasks::Tasks;
 
 /// Statuses per commit (two ops each), from the store's batch hint: bounds
 /// commit size and the work redone on conflict.
@@ -61,17 +62,26 @@ impl Inner {
 }
 
 impl StatusWriter {
-    pub fn start(store: Store) -> Self {
+    /// Start the writer loop on the instance's tasks. At a stop it ends
+    /// after the commit in progress (never dropped half-way, so the store is
+    /// not left busy); what is still pending is for `flush`.
+    pub fn start(store: Store, tasks: &Tasks) -> Self {
         let inner = Arc::new(Inner {
             pending: Mutex::new(HashMap::new()),
             notify: Notify::new(),
         });
         let w = StatusWriter { inner: inner.clone() };
-        tokio::spawn(async move {
+        tasks.spawn_graceful("status writer", |stop| async move {
             let mut delay = RETRY_FIRST;
             loop {
-                inner.notify.notified().await;
+                tokio::select! {
+                    _ = inner.notify.notified() => {}
+                    _ = stop.cancelled() => return,
+                }
                 loop {
+                    if stop.is_cancelled() {
+                        return;
+                    }
                     let batch = inner.take();
                     if batch.is_empty() {
                         break;
@@ -87,7 +97,10 @@ impl StatusWriter {
                         "Could not store collector statuses; kept for a retry."
                     );
                     inner.requeue(failed);
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return,
+                    }
                     delay = (delay * 2).min(RETRY_MAX);
                 }
             }
@@ -168,7 +181,7 @@ mod tests {
 
         // The writer's commit fails, as a lost connection would.
         store.fail_commit_touching(Table::CollectorStatus, &id, 1);
-        let w = StatusWriter::start(store.clone());
+        let w = StatusWriter::start(store.clone(), &Tasks::new());
         w.put(CollectorStatus {
             collector_id: id.clone(),
             connected: true,

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::watch;
 
 use super::aggregate::ComponentFigures;
 use super::OwnTelemetry;
@@ -39,7 +38,7 @@ impl Record for TelemetryRollup {
 
 /// Write changed figures every `interval` until `stop` turns true, then
 /// once more, so a graceful stop loses nothing received.
-pub async fn run_writer(tel: OwnTelemetry, interval: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn run_writer(tel: OwnTelemetry, interval: Duration, stop: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -50,7 +49,7 @@ pub async fn run_writer(tel: OwnTelemetry, interval: Duration, mut stop: watch::
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
-            _ = stop.wait_for(|s| *s) => true,
+            _ = stop.cancelled() => true,
             change = feed.recv(), if feed_open => {
                 match change {
                     Ok(Change { table: Table::Collectors, key, version: None }) => {

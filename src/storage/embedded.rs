@@ -11,11 +11,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio_util::task::TaskTracker;
 
 use super::{check, Op, RawDoc, Scan, StorageError, Table};
 
 pub(super) struct EmbeddedBackend {
     db: Arc<Database>,
+    /// Blocking calls still running (see `blocking`).
+    in_flight: TaskTracker,
 }
 
 fn def(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -47,7 +50,10 @@ impl EmbeddedBackend {
             txn.open_table(def(t)).map_err(backend_err)?;
         }
         txn.commit().map_err(backend_err)?;
-        Ok(EmbeddedBackend { db: Arc::new(db) })
+        Ok(EmbeddedBackend {
+            db: Arc::new(db),
+            in_flight: TaskTracker::new(),
+        })
     }
 
     async fn blocking<R: Send + 'static>(
@@ -55,7 +61,25 @@ impl EmbeddedBackend {
         f: impl FnOnce(&Database) -> Result<R, StorageError> + Send + 'static,
     ) -> Result<R, StorageError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(backend_err)?
+        // A blocking call runs to its end even when its caller was dropped
+        // (a task cancelled at shutdown), holding the database: the token
+        // lets `idle` wait for it, so the file lock is really released.
+        let token = self.in_flight.token();
+        tokio::task::spawn_blocking(move || {
+            let r = f(&db);
+            drop(db);
+            drop(token);
+            r
+        })
+        .await
+        .map_err(backend_err)?
+    }
+
+    /// Wait until no call started before is still running.
+    pub(super) async fn idle(&self) {
+        self.in_flight.close();
+        self.in_flight.wait().await;
+        self.in_flight.reopen();
     }
 
     pub(super) async fn get(&self, table: Table, key: &str) -> Result<Option<RawDoc>, StorageError> {

@@ -465,6 +465,16 @@ impl Store {
         self
     }
 
+    /// Wait until no storage call started before this one is still running
+    /// in the background (a blocking redb call whose caller was dropped).
+    /// `run` calls it last, so a stopped instance has released the file.
+    pub async fn idle(&self) {
+        match &self.inner.backend {
+            Backend::Embedded(b) => b.idle().await,
+            Backend::Mongo(_) => {}
+        }
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self.inner.backend {
             Backend::Embedded(_) => "embedded",

@@ -101,7 +101,8 @@ impl CollectorService for GrpcService {
                 return Err(status(e));
             }
         }
-        tokio::spawn(async move {
+        // On the instance's tasks, so `run` ends the stream at a stop.
+        self.fleet.tasks().spawn("gRPC collector stream", async move {
             // Ends when the collector closes its side, the stream breaks, or
             // the fleet closed the session (replaced, timed out, revoked).
             while let Ok(Some(msg)) = inbound.message().await {

@@ -23,8 +23,10 @@ pub async fn upgrade(State(s): State<OpampState>, headers: HeaderMap, ws: WebSoc
         Err(e) => return ApiError::from(e).into_response(),
     };
     let fleet = s.fleet.clone();
+    // axum spawns the session; tracking it lets `run` end it and wait.
+    let tasks = s.fleet.tasks().clone();
     ws.max_message_size(s.max_request_bytes)
-        .on_upgrade(move |socket| serve(socket, fleet, auth))
+        .on_upgrade(move |socket| tasks.track(serve(socket, fleet, auth)))
 }
 
 /// Split the OpAMP WebSocket header off a frame.

@@ -762,6 +762,7 @@ async fn https_remote_with_an_untrusted_certificate_is_a_fetch_error() {
             client_ca_file: None,
         },
         &[b"http/1.1"],
+        &linkmesh::tasks::Tasks::new(),
     )
     .unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

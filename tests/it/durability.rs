@@ -1,6 +1,7 @@
 //! The real binary: SIGKILL in the middle of an enrollment burst loses no
 //! acknowledged enrollment, and a second process on the same store file is
-//! refused with a clear message.
+//! refused with a clear message; a stopped in-process instance releases
+//! the file.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -132,4 +133,88 @@ async fn a_second_process_on_the_same_store_file_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("in use by another process"), "{stderr}");
+}
+
+/// `run` owns every task of the instance: once it returned, the same
+/// process can open the store file again at once (nothing still holds it),
+/// the ports are free, and the collectors that were connected over gRPC and
+/// WebSocket are stored as disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_instance_releases_its_store_file_and_ports() {
+    use linkmesh::domain::CollectorStatus;
+    use linkmesh::sim::{Sim, SimConfig, SimTransport};
+    use linkmesh::storage::Scan;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let path = config.storage.embedded.path.clone();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+    let base = format!("http://{http_addr}");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(linkmesh::run(config, linkmesh::Listeners { http, grpc }, async move {
+        let _ = stop_rx.await;
+    }));
+    wait_ready(&base).await;
+    let admin = admin(&base).await;
+    let (_, enroll) = enrollment_token(&base, &admin, json!({"name": "stop"})).await;
+    let mut sims = Vec::new();
+    for transport in [SimTransport::Grpc, SimTransport::WebSocket] {
+        let sim = Sim::start(SimConfig {
+            transport,
+            http_base: base.clone(),
+            grpc: format!("http://{grpc_addr}"),
+            collectors: 2,
+            enrollment_token: enroll.clone(),
+            label_sets: vec![[("sim".to_string(), "{i}".to_string())].into()],
+            heartbeat: Duration::from_millis(500),
+            fail_when_config_contains: None,
+            source_addrs: vec![],
+            concurrency: 4,
+        })
+        .await
+        .unwrap();
+        sims.push(sim);
+    }
+    let summary = async || {
+        admin
+            .get(format!("{base}/api/v1/fleet/summary"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    poll_json("4 connected collectors", summary, |v| v["connected"] == 4).await;
+
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    // No retry: the file must be free the moment `run` returned.
+    let store = Store::open_embedded(&path)
+        .await
+        .expect("the stopped instance still holds the store file");
+    let statuses = store
+        .scan::<CollectorStatus>(Scan {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(statuses.len(), 4);
+    assert!(
+        statuses.iter().all(|s| !s.value.connected),
+        "collectors still stored as connected: {statuses:?}"
+    );
+    tokio::net::TcpListener::bind(http_addr)
+        .await
+        .expect("the web port is still bound");
+    tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .expect("the gRPC port is still bound");
+    for sim in sims {
+        sim.stop();
+    }
 }
