@@ -21,7 +21,7 @@ type Labels = Vec<(&'static str, String)>;
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s
-    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+    Histogram::new(exponential_buckets(LATENCY_START, 2.0, LATENCY_BUCKETS as u16))
 }
 
 /// The metrics of one instance. Each instance owns its registry, so tests
@@ -44,6 +44,68 @@ pub struct Metrics {
     /// Collectors whose own telemetry this instance holds in memory.
     pub own_telemetry_collectors: Gauge,
     config_override: Family<Labels, Gauge>,
+    /// Every request's latency in the Prometheus buckets, summed over
+    /// routes, so the console can show this instance's p50/p99 without
+    /// parsing its own exposition text.
+    http_latency_all: LatencyBuckets,
+}
+
+/// Bounds of the latency histograms: 0.25 ms doubling, 16 buckets (+Inf).
+const LATENCY_START: f64 = 0.00025;
+const LATENCY_BUCKETS: usize = 16;
+
+#[derive(Default)]
+struct LatencyBuckets([std::sync::atomic::AtomicU64; LATENCY_BUCKETS + 1]);
+
+/// Request latency quantiles of this instance since it started, as the
+/// upper bound of the histogram bucket each quantile falls in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencySummary {
+    pub requests: u64,
+    /// Seconds; `f64::INFINITY` when above the largest bucket.
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl LatencyBuckets {
+    fn observe(&self, secs: f64) {
+        let i = (0..LATENCY_BUCKETS)
+            .find(|&i| secs <= LATENCY_START * 2f64.powi(i as i32))
+            .unwrap_or(LATENCY_BUCKETS);
+        self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn summary(&self) -> Option<LatencySummary> {
+        let counts: Vec<u64> = self
+            .0
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let quantile = |q: f64| {
+            let rank = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return if i < LATENCY_BUCKETS {
+                        LATENCY_START * 2f64.powi(i as i32)
+                    } else {
+                        f64::INFINITY
+                    };
+                }
+            }
+            f64::INFINITY
+        };
+        Some(LatencySummary {
+            requests: total,
+            p50: quantile(0.5),
+            p99: quantile(0.99),
+        })
+    }
 }
 
 impl Metrics {
@@ -155,7 +217,13 @@ impl Metrics {
             own_telemetry_rollups,
             own_telemetry_collectors,
             config_override,
+            http_latency_all: LatencyBuckets::default(),
         }
+    }
+
+    /// This instance's request latency since start (None before any request).
+    pub fn http_latency_summary(&self) -> Option<LatencySummary> {
+        self.http_latency_all.summary()
     }
 
     /// Own-metrics points of one request: kept and refused.
@@ -217,6 +285,7 @@ impl Metrics {
         self.http_latency
             .get_or_create(&vec![("route", route.to_string())])
             .observe(elapsed.as_secs_f64());
+        self.http_latency_all.observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_storage(&self, op: &'static str, elapsed: Duration) {
@@ -288,4 +357,24 @@ pub fn init_tracing(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
         .with(otel)
         .try_init()?;
     Ok(TelemetryGuard { provider })
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_the_bucket_bounds_they_fall_in() {
+        let b = LatencyBuckets::default();
+        assert_eq!(b.summary(), None);
+        for _ in 0..98 {
+            b.observe(0.0002); // first bucket, <= 0.25 ms
+        }
+        b.observe(0.003); // <= 4 ms
+        b.observe(100.0); // above every bucket
+        let s = b.summary().unwrap();
+        assert_eq!(s.requests, 100);
+        assert_eq!(s.p50, 0.00025);
+        assert_eq!(s.p99, 0.004);
+    }
 }

@@ -14,6 +14,7 @@ mod config_override;
 pub mod credentials;
 mod enrollment;
 mod onboarding;
+mod instances;
 pub mod records;
 pub mod secrets;
 mod users;
@@ -23,7 +24,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use audit::AuditQuery;
+pub use audit::{parse_time, AuditQuery};
+pub use instances::InstanceView;
 pub use auth::{ApiTokenCreated, ApiTokenView, LoginResult, NewApiToken};
 pub use canvas::CanvasDoc;
 pub use collectors::{CollectorView, DEFAULT_ASSIGNMENT};
@@ -34,7 +36,7 @@ pub use enrollment::{
 };
 pub use onboarding::{EnrolledCollector, EnrollmentProgress};
 pub use records::*;
-pub use users::{NewUser, UserUpdate, UserView};
+pub use users::{NewUser, UserUpdate, UserView, MIN_PASSWORD_LEN};
 
 use crate::clock::Clock;
 use crate::storage::{Expect, Op, StorageError, Store};
@@ -228,10 +230,11 @@ impl Domain {
         outcome: &str,
         detail: serde_json::Value,
     ) -> Result<Op, DomainError> {
-        let id = uuid::Uuid::now_v7().to_string();
+        let at = self.clock.now();
+        let id = audit::event_key(at);
         let event = AuditEvent {
             id: id.clone(),
-            at: self.clock.now(),
+            at,
             actor: actor.audit_name(),
             action: action.into(),
             target: target.into(),

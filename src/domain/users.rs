@@ -42,6 +42,9 @@ pub struct UserView {
     pub disabled: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// When the password was last reset or changed (absent: the one set
+    /// at creation). Sessions from before it are no longer valid.
+    pub password_changed_at: Option<Timestamp>,
     pub version: u64,
 }
 
@@ -53,6 +56,7 @@ impl UserView {
             disabled: u.disabled,
             created_at: u.created_at,
             updated_at: u.updated_at,
+            password_changed_at: u.sessions_valid_after,
             version,
         }
     }
@@ -282,5 +286,178 @@ impl Domain {
         ];
         self.store.commit(ops).await.map_err(conflict_as("user"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::domain::AuthSettings;
+    use crate::storage::Store;
+
+    async fn domain(dir: &std::path::Path) -> (Domain, Arc<ManualClock>) {
+        let store = Store::open_embedded(&dir.join("db.redb")).await.unwrap();
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let settings = AuthSettings {
+            session_ttl: Duration::from_secs(3600),
+            api_token_ttl: Duration::from_secs(3600),
+            enrollment_token_ttl: Duration::from_secs(3600),
+        };
+        (Domain::new(store, clock.clone(), "test".into(), settings), clock)
+    }
+
+    fn user(name: &str, role: Role) -> Actor {
+        Actor::User { name: name.into(), role }
+    }
+
+    const PW: &str = "a-long-enough-password";
+
+    #[tokio::test]
+    async fn admins_edit_users_under_their_version_and_stale_edits_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, clock) = domain(dir.path()).await;
+        let root = user("root", Role::Admin);
+        let v = d
+            .create_user(
+                &root,
+                NewUser {
+                    username: "alice".into(),
+                    password: PW.into(),
+                    role: Role::Viewer,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(v.password_changed_at, None);
+        let session = d.login("alice", PW).await.unwrap().cookie;
+
+        // Two admins read version v; the first edit wins, the second conflicts.
+        let promoted = d
+            .update_user(
+                &root,
+                "alice",
+                UserUpdate {
+                    role: Some(Role::Editor),
+                    version: Some(v.version),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(promoted.role, Role::Editor);
+        let stale = d
+            .update_user(
+                &root,
+                "alice",
+                UserUpdate {
+                    disabled: Some(true),
+                    version: Some(v.version),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(stale, DomainError::Conflict { current: Some(c), .. } if c == promoted.version),
+            "{stale:?}"
+        );
+        assert!(!d.get_user(&root, "alice").await.unwrap().disabled, "the stale edit changed nothing");
+
+        // A reset password ends the sessions opened before it.
+        clock.advance(Duration::from_secs(1));
+        let reset = d
+            .update_user(
+                &root,
+                "alice",
+                UserUpdate {
+                    password: Some("another-long-password".into()),
+                    version: Some(promoted.version),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(reset.password_changed_at, Some(clock.now()));
+        assert!(d.authenticate_session(&session).await.is_err());
+        assert!(d.login("alice", PW).await.is_err());
+        let session = d.login("alice", "another-long-password").await.unwrap().cookie;
+
+        // Disabled: the open session stops working and login is refused.
+        d.update_user(
+            &root,
+            "alice",
+            UserUpdate {
+                disabled: Some(true),
+                version: Some(reset.version),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(d.authenticate_session(&session).await.is_err());
+        assert!(d.login("alice", "another-long-password").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_admins_manage_users_and_nobody_locks_themselves_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, _) = domain(dir.path()).await;
+        let root = user("root", Role::Admin);
+        for (name, role) in [("root", Role::Admin), ("ed", Role::Editor)] {
+            d.create_user(
+                &Actor::System,
+                NewUser {
+                    username: name.into(),
+                    password: PW.into(),
+                    role,
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let ed = user("ed", Role::Editor);
+        let new = || NewUser {
+            username: "mallory".into(),
+            password: PW.into(),
+            role: Role::Admin,
+        };
+        assert!(matches!(d.create_user(&ed, new()).await, Err(DomainError::Forbidden(_))));
+        assert!(matches!(d.list_users(&ed, None, None).await, Err(DomainError::Forbidden(_))));
+        let ed_v = d.get_user(&ed, "ed").await.unwrap().version;
+        let promote = UserUpdate {
+            role: Some(Role::Admin),
+            version: Some(ed_v),
+            ..Default::default()
+        };
+        assert!(matches!(
+            d.update_user(&ed, "ed", promote).await,
+            Err(DomainError::Forbidden(_))
+        ));
+        let short = NewUser {
+            password: "short".into(),
+            ..new()
+        };
+        assert!(matches!(d.create_user(&root, short).await, Err(DomainError::Invalid { ref field, .. }) if field == "password"));
+
+        let root_v = d.get_user(&root, "root").await.unwrap().version;
+        for upd in [
+            UserUpdate {
+                disabled: Some(true),
+                version: Some(root_v),
+                ..Default::default()
+            },
+            UserUpdate {
+                role: Some(Role::Viewer),
+                version: Some(root_v),
+                ..Default::default()
+            },
+        ] {
+            let e = d.update_user(&root, "root", upd).await.unwrap_err();
+            assert!(matches!(e, DomainError::Invalid { ref field, .. } if field == "role"), "{e:?}");
+        }
     }
 }

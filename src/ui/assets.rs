@@ -24,6 +24,11 @@ const FILES: &[(&str, &[u8], &str)] = &[
         "text/javascript; charset=utf-8",
     ),
     (
+        "admin.js",
+        include_bytes!("static/admin.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
         "canvas.css",
         include_bytes!("static/canvas.css"),
         "text/css; charset=utf-8",

@@ -26,14 +26,17 @@
 
 mod addcollector;
 pub mod assets;
+mod audit;
 mod canvas;
 mod collectors;
 mod config;
+mod health;
 pub mod layout;
 pub mod live;
 mod overview;
 mod session;
 mod tokens;
+mod users;
 mod view;
 
 use std::sync::Arc;
@@ -53,4 +56,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .merge(canvas::routes())
         .merge(addcollector::routes())
         .merge(tokens::routes())
+        .merge(users::routes())
+        .merge(audit::routes())
+        .merge(health::routes())
 }
