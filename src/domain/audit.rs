@@ -48,10 +48,7 @@ impl AuditQuery {
     }
 
     fn matches(&self, e: &AuditEvent) -> bool {
-        let action = self
-            .action_prefix
-            .as_deref()
-            .is_none_or(|p| e.action.starts_with(p));
+        let action = self.action_prefix.as_deref().is_none_or(|p| e.action.starts_with(p));
         let actor = self.actor.as_deref().is_none_or(|a| {
             e.actor == a || e.actor.strip_prefix("user:") == Some(a) || e.actor.ends_with(&format!("(user:{a})"))
         });
@@ -175,7 +172,11 @@ impl Domain {
 fn page(mut out: Vec<(String, AuditEvent)>, limit: usize, resume: Option<String>) -> Page<AuditEvent> {
     let more = out.len() > limit;
     out.truncate(limit);
-    let next_cursor = if more { out.last().map(|(k, _)| k.clone()) } else { resume };
+    let next_cursor = if more {
+        out.last().map(|(k, _)| k.clone())
+    } else {
+        resume
+    };
     Page {
         items: out.into_iter().map(|(_, e)| e).collect(),
         next_cursor,
@@ -313,7 +314,10 @@ mod tests {
         })
         .await
         .unwrap_err();
-        assert!(matches!(e, DomainError::Invalid { ref field, .. } if field == "from"), "{e:?}");
+        assert!(
+            matches!(e, DomainError::Invalid { ref field, .. } if field == "from"),
+            "{e:?}"
+        );
 
         let viewer = Actor::User {
             name: "v".into(),

@@ -25,7 +25,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use audit::{parse_time, AuditQuery};
-pub use instances::InstanceView;
 pub use auth::{ApiTokenCreated, ApiTokenView, LoginResult, NewApiToken};
 pub use canvas::CanvasDoc;
 pub use collectors::{CollectorView, DEFAULT_ASSIGNMENT};
@@ -34,6 +33,7 @@ pub use credentials::{OfferedCredential, RotatedCredential};
 pub use enrollment::{
     EnrollRequest, Enrolled, EnrollmentTokenCreated, EnrollmentTokenView, FirstContact, NewEnrollmentToken,
 };
+pub use instances::InstanceView;
 pub use onboarding::{EnrolledCollector, EnrollmentProgress};
 pub use records::*;
 pub use users::{NewUser, UserUpdate, UserView, MIN_PASSWORD_LEN};

@@ -311,7 +311,10 @@ mod tests {
     }
 
     fn user(name: &str, role: Role) -> Actor {
-        Actor::User { name: name.into(), role }
+        Actor::User {
+            name: name.into(),
+            role,
+        }
     }
 
     const PW: &str = "a-long-enough-password";
@@ -365,7 +368,10 @@ mod tests {
             matches!(stale, DomainError::Conflict { current: Some(c), .. } if c == promoted.version),
             "{stale:?}"
         );
-        assert!(!d.get_user(&root, "alice").await.unwrap().disabled, "the stale edit changed nothing");
+        assert!(
+            !d.get_user(&root, "alice").await.unwrap().disabled,
+            "the stale edit changed nothing"
+        );
 
         // A reset password ends the sessions opened before it.
         clock.advance(Duration::from_secs(1));
@@ -425,8 +431,14 @@ mod tests {
             password: PW.into(),
             role: Role::Admin,
         };
-        assert!(matches!(d.create_user(&ed, new()).await, Err(DomainError::Forbidden(_))));
-        assert!(matches!(d.list_users(&ed, None, None).await, Err(DomainError::Forbidden(_))));
+        assert!(matches!(
+            d.create_user(&ed, new()).await,
+            Err(DomainError::Forbidden(_))
+        ));
+        assert!(matches!(
+            d.list_users(&ed, None, None).await,
+            Err(DomainError::Forbidden(_))
+        ));
         let ed_v = d.get_user(&ed, "ed").await.unwrap().version;
         let promote = UserUpdate {
             role: Some(Role::Admin),
@@ -441,7 +453,9 @@ mod tests {
             password: "short".into(),
             ..new()
         };
-        assert!(matches!(d.create_user(&root, short).await, Err(DomainError::Invalid { ref field, .. }) if field == "password"));
+        assert!(
+            matches!(d.create_user(&root, short).await, Err(DomainError::Invalid { ref field, .. }) if field == "password")
+        );
 
         let root_v = d.get_user(&root, "root").await.unwrap().version;
         for upd in [
@@ -457,7 +471,10 @@ mod tests {
             },
         ] {
             let e = d.update_user(&root, "root", upd).await.unwrap_err();
-            assert!(matches!(e, DomainError::Invalid { ref field, .. } if field == "role"), "{e:?}");
+            assert!(
+                matches!(e, DomainError::Invalid { ref field, .. } if field == "role"),
+                "{e:?}"
+            );
         }
     }
 }

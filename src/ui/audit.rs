@@ -126,7 +126,11 @@ async fn page(State(s): State<Arc<AppState>>, v: Viewer, Query(f): Query<Filters
         .into_iter()
         .map(|e| Row {
             at: TimeView::new(e.at),
-            detail: if e.detail.is_null() { String::new() } else { e.detail.to_string() },
+            detail: if e.detail.is_null() {
+                String::new()
+            } else {
+                e.detail.to_string()
+            },
             e,
         })
         .collect();

@@ -123,11 +123,7 @@ async fn list_page(
     })
 }
 
-async fn list(
-    State(s): State<Arc<AppState>>,
-    v: Viewer,
-    Query(p): Query<ListParams>,
-) -> Result<Html<String>, UiError> {
+async fn list(State(s): State<Arc<AppState>>, v: Viewer, Query(p): Query<ListParams>) -> Result<Html<String>, UiError> {
     let first_page = p.cursor.is_none();
     let notice = p
         .created
@@ -181,11 +177,9 @@ async fn create(State(s): State<Arc<AppState>>, v: Viewer, Form(f): Form<CreateF
             } else {
                 StatusCode::UNPROCESSABLE_ENTITY
             };
-            let msg = format!("The user was not created: {e}. Nothing was saved; the password was not kept, enter it again.");
-            let input = CreateInput {
-                username,
-                role: f.role,
-            };
+            let msg =
+                format!("The user was not created: {e}. Nothing was saved; the password was not kept, enter it again.");
+            let input = CreateInput { username, role: f.role };
             let page = list_page(&s, &v, None, None, Some(msg), input).await?;
             Ok((status, render(&page)?).into_response())
         }
@@ -223,7 +217,11 @@ impl EditPage {
     }
     /// What the loaded record said about the password, for the conflict check.
     fn password_mark(&self) -> String {
-        self.row.u.password_changed_at.map(|t| t.0.to_string()).unwrap_or_default()
+        self.row
+            .u
+            .password_changed_at
+            .map(|t| t.0.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -254,7 +252,10 @@ async fn edit(
     let u = s.domain.get_user(&v.actor, &name).await?;
     let notice = p.saved.map(|what| match what.as_str() {
         "role" => format!("Role saved: {} is now {}.", u.username, role_name(u.role)),
-        "access" if u.disabled => format!("{} is disabled: their sessions and API tokens stopped working.", u.username),
+        "access" if u.disabled => format!(
+            "{} is disabled: their sessions and API tokens stopped working.",
+            u.username
+        ),
         "access" => format!("{} is enabled again.", u.username),
         "password" => format!(
             "Password reset: {}'s existing sessions ended. Give them the new password through a channel you trust.",
@@ -288,7 +289,11 @@ fn changes_since(f: &EditForm, cur: &UserView) -> Vec<String> {
     }
     let was_disabled = f.loaded_disabled == "true";
     if was_disabled != cur.disabled {
-        out.push(if cur.disabled { "disabled".into() } else { "enabled again".into() });
+        out.push(if cur.disabled {
+            "disabled".into()
+        } else {
+            "enabled again".into()
+        });
     }
     let pw = cur.password_changed_at.map(|t| t.0.to_string()).unwrap_or_default();
     if f.loaded_password != pw {
@@ -332,7 +337,11 @@ async fn save(
     };
     let error = match result {
         Ok(u) => {
-            let to = format!("/settings/users/{}?saved={}", encode_query(&u.username), encode_query(&f.action));
+            let to = format!(
+                "/settings/users/{}?saved={}",
+                encode_query(&u.username),
+                encode_query(&f.action)
+            );
             return Ok(Redirect::to(&to).into_response());
         }
         Err(e) if fixable(&e) => e,
