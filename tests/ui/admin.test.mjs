@@ -247,7 +247,7 @@ test("server health shows this instance alive with its connected collectors", as
   assert.equal((await row.locator(".connected").textContent()).trim(), "3");
   assert.equal((await page.locator("#local-connected").textContent()).trim(), "3");
   assert.match(await page.locator("#local-p50").textContent(), /ms/);
-  assert.match(await page.locator("#local-reloads").textContent(), /^[1-9]/);
+  assert.match((await page.locator("#local-reloads").textContent()).trim(), /^[0-9]+$/);
   await checkPage(page, "health");
   await page.context().close();
 });
