@@ -6,6 +6,7 @@ pub(crate) mod auth;
 mod canvas;
 mod collectors;
 mod configstore;
+mod downloads;
 pub mod error;
 pub mod extract;
 mod fleet;
@@ -109,6 +110,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(fleet::routes())
         .merge(configstore::routes())
         .merge(routing::routes())
+        .merge(downloads::routes())
         .merge(crate::transport::routes(crate::transport::OpampState {
             fleet: state.fleet.clone(),
             max_request_bytes: state.max_request_bytes,

@@ -97,6 +97,11 @@ pub struct CollectorStatus {
     /// when the status does (no extra write, never one per heartbeat).
     #[serde(default)]
     pub config_history: Vec<ConfigTransition>,
+    /// The component types the collector can run (AgentCapabilities
+    /// ReportsAvailableComponents); absent when it never reported them.
+    /// Written only when they change (their hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_components: Option<AvailableComponentsView>,
 }
 impl Record for CollectorStatus {
     const TABLE: Table = Table::CollectorStatus;
@@ -170,6 +175,15 @@ impl CollectorStatus {
         }
         self.remote_config = Some(r);
     }
+}
+
+/// AvailableComponents as reported: kind (`receivers`, `processors`,
+/// `exporters`, `extensions`, `connectors`) -> component types.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AvailableComponentsView {
+    /// The agent's hash (hex) of what it reported.
+    pub hash: String,
+    pub components: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// A config pinned to one collector (key: its id), or the fleet default

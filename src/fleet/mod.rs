@@ -12,6 +12,8 @@
 //! - `resolve`: where a collector's desired config comes from — the one
 //!   resolver used by sessions and by the API views.
 //! - `desired`: a desired config and its deterministic hash.
+//! - `compat`: whether a config's component types are among those the
+//!   agent reported (AvailableComponents); incompatible ones are not pushed.
 //! - `push`: re-resolving sessions and pushing configs that changed.
 //! - `feed`: reactions to the storage change feed (any instance's changes).
 //! - `commands`: delivering queued commands (restart).
@@ -24,6 +26,7 @@
 
 mod auth;
 mod commands;
+pub mod compat;
 pub mod desired;
 mod error;
 mod feed;

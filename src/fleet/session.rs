@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use super::compat;
 use super::desired::Desired;
 use crate::clock::Timestamp;
 use crate::domain::{AgentDescriptionView, CollectorStatus, EffectiveConfigView, HealthView, RemoteConfigView};
@@ -24,6 +25,7 @@ pub mod caps {
 /// connection settings (own credential, own-metrics destination).
 pub const SERVER_CAPABILITIES: u64 = 0x1 | 0x2 | 0x4 | 0x20;
 const FLAG_REPORT_FULL_STATE: u64 = 0x1;
+const FLAG_REPORT_AVAILABLE_COMPONENTS: u64 = 0x2;
 const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
 /// Effective config bodies are stored for display; cut huge ones.
 const MAX_STORED_BODY: usize = 256 * 1024;
@@ -150,6 +152,16 @@ impl AgentState {
         if gap && omitted {
             reply.flags |= FLAG_REPORT_FULL_STATE;
         }
+        if let Some(a) = &msg.available_components {
+            // The agent may send only the hash of what it has: ask for the
+            // list when it is not the one we hold.
+            let known = self.status.available_components.as_ref().map(|v| v.hash.as_str());
+            if !a.components.is_empty() {
+                self.status.available_components = Some(compat::available_from_proto(a));
+            } else if !a.hash.is_empty() && known != Some(hex::encode(&a.hash).as_str()) {
+                reply.flags |= FLAG_REPORT_AVAILABLE_COMPONENTS;
+            }
+        }
 
         if let Some(offer) = self.offer(desired) {
             reply.remote_config = Some(offer);
@@ -164,11 +176,15 @@ impl AgentState {
         })
     }
 
-    /// The remote config to send, if the agent accepts one and has neither
-    /// got nor been sent the desired one.
+    /// The remote config to send, if the agent accepts one, has neither
+    /// got nor been sent the desired one, and has every component type it
+    /// names (`compat`; the views show it as incompatible otherwise).
     pub fn offer(&mut self, desired: Option<&Desired>) -> Option<pb::AgentRemoteConfig> {
         let desired = desired?;
         if self.status.capabilities & caps::ACCEPTS_REMOTE_CONFIG == 0 {
+            return None;
+        }
+        if !compat::missing(desired, self.status.available_components.as_ref()).is_empty() {
             return None;
         }
         let reported = self
@@ -399,6 +415,47 @@ mod tests {
         m.flags = FLAG_REQUEST_INSTANCE_UID;
         let p = s.process(m, None, Timestamp(1)).unwrap();
         assert_eq!(p.reply.agent_identification.unwrap().new_instance_uid, s.uid.to_vec());
+    }
+
+    #[test]
+    fn available_components_are_kept_and_a_bare_hash_asks_for_them() {
+        let mut s = state();
+        s.process(full(1), None, Timestamp(1)).unwrap();
+        let mut exporters = pb::ComponentDetails::default();
+        exporters
+            .sub_component_map
+            .insert("debug".into(), pb::ComponentDetails::default());
+        let reported = pb::AvailableComponents {
+            components: [("exporters".to_string(), exporters)].into(),
+            hash: vec![9, 9],
+        };
+        let mut m = msg(2);
+        m.available_components = Some(reported.clone());
+        assert!(s.process(m, None, Timestamp(1)).unwrap().status_changed);
+        let kept = s.status.available_components.clone().unwrap();
+        assert_eq!((kept.hash.as_str(), kept.components["exporters"].len()), ("0909", 1));
+        let mut m = msg(3);
+        m.available_components = Some(reported);
+        assert!(
+            !s.process(m, None, Timestamp(1)).unwrap().status_changed,
+            "unchanged components write nothing"
+        );
+        // Only a hash: the same one needs nothing, a new one is asked for.
+        let mut m = msg(4);
+        m.available_components = Some(pb::AvailableComponents {
+            components: Default::default(),
+            hash: vec![9, 9],
+        });
+        assert_eq!(s.process(m, None, Timestamp(1)).unwrap().reply.flags, 0);
+        let mut m = msg(5);
+        m.available_components = Some(pb::AvailableComponents {
+            components: Default::default(),
+            hash: vec![1],
+        });
+        assert_eq!(
+            s.process(m, None, Timestamp(1)).unwrap().reply.flags & FLAG_REPORT_AVAILABLE_COMPONENTS,
+            FLAG_REPORT_AVAILABLE_COMPONENTS
+        );
     }
 
     #[test]

@@ -32,10 +32,12 @@ pub struct FleetCollector {
     pub last_seen: Option<Timestamp>,
     /// `healthy`, `unhealthy` or `unknown`.
     pub health: String,
-    /// `applied`, `applying`, `failed`, `pending` (not yet acknowledged) or
-    /// `none` (nothing to apply).
+    /// `applied`, `applying`, `failed`, `pending` (not yet acknowledged),
+    /// `incompatible` (names component types the collector lacks: not
+    /// pushed) or `none` (nothing to apply).
     pub config_status: String,
-    /// The collector's error message when `config_status` is `failed`.
+    /// The collector's error message when `config_status` is `failed`; the
+    /// missing component types when `incompatible`.
     pub config_error: Option<String>,
     pub desired_hash: Option<String>,
 }
@@ -121,7 +123,15 @@ fn health_of(s: Option<&CollectorStatus>) -> String {
 
 fn config_of(s: Option<&CollectorStatus>, desired: Option<&Desired>) -> (String, Option<String>) {
     let Some(d) = desired else { return ("none".into(), None) };
-    match s.and_then(|s| s.remote_config.as_ref()) {
+    let reported = s.and_then(|s| s.remote_config.as_ref());
+    if reported.is_none_or(|r| r.hash != d.hash_hex) {
+        // Not pushed at all (`compat`): say why.
+        let missing = super::compat::missing(d, s.and_then(|s| s.available_components.as_ref()));
+        if !missing.is_empty() {
+            return ("incompatible".into(), Some(super::compat::describe(&missing)));
+        }
+    }
+    match reported {
         Some(r) if r.hash == d.hash_hex => match r.status.as_str() {
             "APPLIED" => ("applied".into(), None),
             "FAILED" => ("failed".into(), Some(r.error_message.clone())),

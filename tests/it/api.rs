@@ -109,6 +109,7 @@ async fn openapi_document_covers_every_route() {
     let expected: BTreeSet<String> = [
         "GET /healthz",
         "GET /readyz",
+        "GET /api/v1/downloads/install-opamp.sh",
         "GET /metrics",
         "GET /api/v1/openapi.json",
         "POST /api/v1/auth/login",

@@ -753,3 +753,66 @@ async fn first_contact_assigns_a_uid_and_refuses_a_used_up_token() {
     assert!(err.message().contains("used up"), "{}", err.message());
     s.stop().await;
 }
+
+/// A config naming a component type the agents lack (they report their
+/// AvailableComponents) is not pushed: the collectors show `incompatible`
+/// with the missing types, and a config they can run reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_config_naming_components_the_agent_lacks_is_not_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let admin = admin(&s.base).await;
+    let token = api_token(&s.base, &admin).await;
+    let (_, enroll) = enrollment_token(&s.base, &admin, json!({"name":"fleet"})).await;
+    set_default(
+        &s.base,
+        &token,
+        "receivers:\n  otlp: {}\nexporters:\n  kafka/primary: {}\n",
+    )
+    .await;
+    let behaviour = linkmesh::sim::SimBehaviour {
+        available_components: Some(
+            [
+                ("receivers".to_string(), vec!["otlp".to_string()]),
+                ("exporters".to_string(), vec!["debug".to_string()]),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let sim = Sim::start_with(sim_config(&s, SimTransport::Grpc, 2, &enroll), behaviour)
+        .await
+        .unwrap();
+    wait_summary(&s.base, &token, |v| {
+        v["connected"] == 2 && v["config"]["incompatible"] == 2
+    })
+    .await;
+    let id = sim.stats()[0].collector_id.clone();
+    let d = get_json(&s.base, &token, &format!("/api/v1/collectors/{id}")).await;
+    assert_eq!(d["config_status"], "incompatible", "{d}");
+    let why = d["config_error"].as_str().unwrap();
+    assert!(why.contains("exporters/kafka") && !why.contains("otlp"), "{why}");
+    assert_eq!(
+        d["status"]["available_components"]["components"]["exporters"],
+        json!(["debug"])
+    );
+    assert!(
+        sim.stats().iter().all(|a| a.received == 0),
+        "nothing was pushed: {:?}",
+        sim.stats()
+    );
+
+    set_default(&s.base, &token, "receivers:\n  otlp: {}\nexporters:\n  debug: {}\n").await;
+    assert!(
+        sim.wait_all(Duration::from_secs(60), |a| a
+            .config_body
+            .as_deref()
+            .is_some_and(|b| b.contains("debug")))
+            .await,
+        "{:?}",
+        sim.stats()
+    );
+    wait_summary(&s.base, &token, |v| v["config"]["applied"] == 2).await;
+    sim.stop();
+    s.stop().await;
+}
