@@ -14,6 +14,7 @@ pub mod fleet;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
 pub mod owntelemetry;
+pub mod rollout;
 pub mod sim;
 pub mod storage;
 pub mod tasks;
@@ -217,6 +218,16 @@ async fn serve(
             config_store.as_ref().map(|c| c.subscribe()),
         ),
     );
+    // Staged rollouts: the view is loaded before any collector is served,
+    // so none is resolved without the stored rollout.
+    let rollout_driver = match &config_store {
+        Some(cs) => {
+            let mut d = rollout::Driver::new(domain.clone(), cs.clone(), fleet.clone(), metrics.clone());
+            d.follow().await;
+            Some(d)
+        }
+        None => None,
+    };
     let own_telemetry = owntelemetry::OwnTelemetry::new(domain.clone(), instance.clone(), metrics.clone());
     let state = Arc::new(api::AppState {
         domain: domain.clone(),
@@ -300,6 +311,9 @@ async fn serve(
             domain::follow_config_override(domain.clone(), cs),
         );
     }
+    if let Some(d) = rollout_driver {
+        tasks.spawn("rollout driver", d.run());
+    }
     let mut web = web;
     let mut grpc = grpc;
     let result = tokio::select! {
@@ -348,6 +362,11 @@ async fn serve(
     // Again after the servers ended (or first, after a server failed): an
     // HTTP poll served during the drain may have opened a session.
     tasks.stop().await;
+    // The driver has stopped: give the lease up so another instance
+    // advances rollouts at once instead of after the expiry.
+    if config_store.is_some() {
+        rollout::Driver::release(&domain, &instance).await;
+    }
     fleet.shutdown().await;
     if let Some(cs) = &config_store {
         cs.stop_and_wait().await;

@@ -44,6 +44,10 @@ pub struct Metrics {
     /// Collectors whose own telemetry this instance holds in memory.
     pub own_telemetry_collectors: Gauge,
     config_override: Family<Labels, Gauge>,
+    rollout_state: Family<Labels, Gauge>,
+    rollout_wave: Gauge,
+    rollout_gate_failures: Family<Labels, Counter>,
+    rollout_lease_held: Gauge,
     /// Every request's latency in the Prometheus buckets, summed over
     /// routes, so the console can show this instance's p50/p99 without
     /// parsing its own exposition text.
@@ -201,7 +205,35 @@ impl Metrics {
             "1 while an emergency override makes this instance serve an earlier config commit (label: that commit)",
             config_override.clone(),
         );
+        let rollout_state = Family::<Labels, Gauge>::default();
+        registry.register(
+            "rollout_state",
+            "1 for the state of the current staged rollout (label state: running, paused, halted, completed, aborted)",
+            rollout_state.clone(),
+        );
+        let rollout_wave = Gauge::default();
+        registry.register(
+            "rollout_wave",
+            "Index (from 0) of the wave the current rollout is at",
+            rollout_wave.clone(),
+        );
+        let rollout_gate_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "rollout_gate_failures",
+            "Waves halted and rolled back by a failed gate (label gate: applied, healthy, send_failures)",
+            rollout_gate_failures.clone(),
+        );
+        let rollout_lease_held = Gauge::default();
+        registry.register(
+            "rollout_lease_held",
+            "1 while this instance holds the rollout lease (advances rollouts)",
+            rollout_lease_held.clone(),
+        );
         Metrics {
+            rollout_state,
+            rollout_wave,
+            rollout_gate_failures,
+            rollout_lease_held,
             registry,
             change_feed_failures,
             change_feed_progress_age,
@@ -239,6 +271,26 @@ impl Metrics {
 
     pub fn own_telemetry_rollups_written(&self, n: u64) {
         self.own_telemetry_rollups.inc_by(n);
+    }
+
+    /// The current rollout's state and wave, as every instance sees it.
+    pub fn rollout(&self, state: &'static str, wave: usize) {
+        self.rollout_state.clear();
+        self.rollout_state
+            .get_or_create(&vec![("state", state.to_string())])
+            .set(1);
+        self.rollout_wave.set(wave as i64);
+    }
+
+    /// A gate failed (counted by the instance that advanced the rollout).
+    pub fn rollout_gate_failed(&self, gate: &'static str) {
+        self.rollout_gate_failures
+            .get_or_create(&vec![("gate", gate.to_string())])
+            .inc();
+    }
+
+    pub fn rollout_lease(&self, held: bool) {
+        self.rollout_lease_held.set(i64::from(held));
     }
 
     /// A valid config commit is now served.

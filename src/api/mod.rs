@@ -12,6 +12,7 @@ pub mod extract;
 mod fleet;
 mod health;
 pub mod ratelimit;
+mod rollouts;
 mod routing;
 mod security;
 mod tokens;
@@ -74,6 +75,7 @@ pub struct AppState {
         (name = "canvas", description = "The routing canvas"),
         (name = "audit", description = "Audit log"),
         (name = "config", description = "The git-backed fleet config store"),
+        (name = "rollouts", description = "Staged rollouts of config commits: waves, gates, rollback"),
         (name = "health", description = "Probes and metrics"),
         (name = "fleet", description = "Fleet status, labels, commands, pinned configs"),
         (name = "opamp", description = "OpAMP transports for collectors (protobuf)"),
@@ -111,6 +113,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(configstore::routes())
         .merge(routing::routes())
         .merge(downloads::routes())
+        .merge(rollouts::routes())
         .merge(crate::transport::routes(crate::transport::OpampState {
             fleet: state.fleet.clone(),
             max_request_bytes: state.max_request_bytes,

@@ -27,6 +27,7 @@ mod git;
 mod parse;
 pub mod publish;
 mod render;
+pub mod rollout;
 mod schema;
 mod selector;
 mod store;
@@ -49,6 +50,7 @@ pub use diff::unified as unified_diff;
 pub use git::check_url;
 pub use parse::{files_from_dir, SourceFile};
 pub use render::Rendered;
+pub use rollout::{Gates, RolloutPolicy, Wave as PolicyWave, REST_WAVE};
 pub use schema::{Component, Expression, Kind, Operator, Pipeline, Resources, Route, Selector, Signal};
 pub use store::{
     mirror_dir, ActiveOverride, Attempt, ConfigStoreHandle, FetchStatus, HistoryEntry, HistoryOutcome, LoadCommitError,

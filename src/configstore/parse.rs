@@ -94,6 +94,11 @@ pub fn parse_files(files: &[SourceFile], errors: &mut Vec<ValidationError>) -> (
         ));
     }
     for f in files {
+        if f.path == super::rollout::POLICY_FILE {
+            // Not resources: the rollout policy has its own schema.
+            res.rollout = super::rollout::parse(f, errors);
+            continue;
+        }
         parse_file(f, &mut res, &mut unparsed, errors);
     }
     (res, unparsed)

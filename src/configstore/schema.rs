@@ -181,6 +181,10 @@ pub struct Resources {
     pub destinations: BTreeMap<String, Component>,
     pub pipelines: BTreeMap<String, Pipeline>,
     pub routes: BTreeMap<String, Route>,
+    /// `rollout.toml`: how a new commit reaches the fleet (absent = all
+    /// at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::rollout::RolloutPolicy>,
 }
 
 impl Resources {

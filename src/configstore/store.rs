@@ -95,6 +95,11 @@ pub enum HistoryOutcome {
     Superseded,
     /// Valid, but an emergency override serves another commit instead.
     HeldByOverride,
+    /// Being rolled out wave by wave (`rollout.toml`).
+    RollingOut,
+    /// Its rollout halted on a failed gate (that wave rolled back) or was
+    /// aborted (every collector back on the baseline).
+    RolledBack,
 }
 
 /// One commit the instance considered, newest first in the history.
@@ -333,6 +338,25 @@ impl ConfigStoreHandle {
     /// The last valid snapshot.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.shared.snapshot.borrow().clone()
+    }
+
+    /// Record what the stored rollout made of a commit in the history
+    /// (every instance follows the one record).
+    pub fn mark_history(&self, commit: &str, outcome: HistoryOutcome) {
+        for e in lock(&self.shared.history).iter_mut() {
+            let open = matches!(
+                e.outcome,
+                HistoryOutcome::Served | HistoryOutcome::RollingOut | HistoryOutcome::RolledBack
+            );
+            if e.revision.commit == commit && open {
+                e.outcome = outcome;
+            }
+        }
+    }
+
+    /// Whether an emergency override decides what this instance serves.
+    pub fn override_applied(&self) -> bool {
+        lock(&self.shared.status).override_.as_ref().is_some_and(|o| o.applied)
     }
 
     /// Woken on every snapshot swap (not on refused commits).
@@ -776,7 +800,10 @@ fn record(shared: &Shared, entry: HistoryEntry) {
     let mut h = lock(&shared.history);
     if entry.outcome != HistoryOutcome::Refused {
         for e in h.iter_mut() {
-            if matches!(e.outcome, HistoryOutcome::Served | HistoryOutcome::HeldByOverride) {
+            if matches!(
+                e.outcome,
+                HistoryOutcome::Served | HistoryOutcome::HeldByOverride | HistoryOutcome::RollingOut
+            ) {
                 e.outcome = HistoryOutcome::Superseded;
                 e.superseded_by = Some(entry.revision.commit.clone());
             }

@@ -16,6 +16,7 @@ mod enrollment;
 mod instances;
 mod onboarding;
 pub mod records;
+pub mod rollout;
 pub mod secrets;
 mod users;
 

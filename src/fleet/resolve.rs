@@ -1,8 +1,10 @@
 //! Where a collector's desired config comes from, in one order for every
 //! caller (sessions pushing, the API showing): a config pinned to the
 //! collector, else the config store's render for its labels, else the fleet
-//! default. Holds the caches that make that cheap: the fleet default and
-//! one render per label set of the served commit.
+//! default. While a staged rollout runs, "the config store's render" is the
+//! new commit's for a collector whose wave was reached and the baseline
+//! commit's for any other (`crate::rollout`). Holds the caches that make
+//! that cheap: the fleet default and one render per commit and label set.
 //!
 //! It must not push, store or know about sessions: callers decide what to do
 //! with the answer.
@@ -11,8 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::desired::Desired;
-use crate::configstore::ConfigStoreHandle;
+use crate::configstore::{ConfigStoreHandle, Snapshot};
 use crate::domain::{Collector, ConfigAssignment, DomainError, Labels, DEFAULT_ASSIGNMENT};
+use crate::rollout::RolloutView;
 use crate::storage::Store;
 
 /// A source already read by the caller (`Some`), or to be read here (`None`).
@@ -23,9 +26,12 @@ pub(super) struct Resolver {
     config_store: Option<ConfigStoreHandle>,
     /// The fleet default config, as last loaded.
     default: RwLock<DefaultCache>,
-    /// Renders of the served snapshot by label set: collectors sharing
-    /// labels share one render. Cleared when the snapshot changes.
+    /// Renders by commit and label set: collectors sharing labels share
+    /// one render. Only the commits in use are kept (served, rollout
+    /// target, baseline).
     renders: Mutex<RenderCache>,
+    /// The stored rollout as this instance knows it (set by the driver).
+    rollouts: RolloutView,
 }
 
 /// A load that started before an invalidation must not fill the cache: it
@@ -39,8 +45,7 @@ struct DefaultCache {
 
 #[derive(Default)]
 struct RenderCache {
-    commit: String,
-    by_labels: HashMap<Labels, Option<Arc<Desired>>>,
+    by_commit: HashMap<String, HashMap<Labels, Option<Arc<Desired>>>>,
 }
 
 impl Resolver {
@@ -50,17 +55,22 @@ impl Resolver {
             config_store,
             default: RwLock::new(DefaultCache::default()),
             renders: Mutex::new(RenderCache::default()),
+            rollouts: RolloutView::default(),
         }
+    }
+
+    pub fn rollouts(&self) -> &RolloutView {
+        &self.rollouts
     }
 
     /// The order itself, written once.
     pub fn pick(
         &self,
         pinned: Option<Arc<Desired>>,
-        labels: &Labels,
+        collector: &Collector,
         default: Option<Arc<Desired>>,
     ) -> Option<Arc<Desired>> {
-        pinned.or_else(|| self.rendered(labels)).or(default)
+        pinned.or_else(|| self.rendered(collector)).or(default)
     }
 
     /// Resolve, reading (or taking from the cache) whatever the caller does
@@ -78,7 +88,7 @@ impl Resolver {
             return Ok(pinned);
         }
         let default = self.default().await?;
-        Ok(self.pick(None, &collector.labels, default))
+        Ok(self.pick(None, collector, default))
     }
 
     /// Resolve for a collector; `may_be_pinned = false` skips the read of a
@@ -144,23 +154,38 @@ impl Resolver {
         cache.value = None;
     }
 
-    /// The config store's config for these labels, if it routes any
-    /// pipeline to them (a config without pipelines would be refused by
-    /// the collector, so it is never offered).
-    fn rendered(&self, labels: &Labels) -> Option<Arc<Desired>> {
-        let snapshot = self.config_store.as_ref()?.current()?;
+    /// The config store's config for this collector, if it routes any
+    /// pipeline to it (a config without pipelines would be refused by the
+    /// collector, so it is never offered).
+    fn rendered(&self, collector: &Collector) -> Option<Arc<Desired>> {
+        let cs = self.config_store.as_ref()?;
+        let served = cs.current()?;
+        let active = self.rollouts.get();
+        // No policy in the served commit = today's behaviour (all at once);
+        // an emergency override beats any rollout.
+        let snapshot: Arc<Snapshot> = match &active {
+            Some(a) if served.resources.rollout.is_some() && !cs.override_applied() => {
+                a.snapshot_for(&collector.id, &collector.labels)?.clone()
+            }
+            _ => served.clone(),
+        };
         let mut cache = self.renders.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.commit != snapshot.revision.commit {
-            *cache = RenderCache {
-                commit: snapshot.revision.commit.clone(),
-                by_labels: HashMap::new(),
+        if !cache.by_commit.contains_key(&snapshot.revision.commit) {
+            let keep = |c: &String| {
+                *c == served.revision.commit
+                    || active.as_ref().is_some_and(|a| {
+                        *c == a.target.revision.commit || a.baseline.as_ref().is_some_and(|b| *c == b.revision.commit)
+                    })
             };
+            cache.by_commit.retain(|c, _| keep(c));
         }
         cache
-            .by_labels
-            .entry(labels.clone())
+            .by_commit
+            .entry(snapshot.revision.commit.clone())
+            .or_default()
+            .entry(collector.labels.clone())
             .or_insert_with(|| {
-                let r = snapshot.render(labels);
+                let r = snapshot.render(&collector.labels);
                 (!r.pipelines.is_empty()).then(|| Arc::new(Desired::from_rendered(&r)))
             })
             .clone()
@@ -172,6 +197,17 @@ impl super::Fleet {
     /// connected.
     pub async fn desired_for(&self, collector: &Collector) -> Result<Option<Arc<Desired>>, DomainError> {
         self.inner.resolver.resolve(collector, true).await
+    }
+
+    /// The stored rollout as this instance knows it.
+    pub fn rollout_view(&self) -> RolloutView {
+        self.inner.resolver.rollouts().clone()
+    }
+
+    /// The rollout changed (a wave reached or rolled back, a new rollout):
+    /// re-resolve every session; only those whose config changed get a push.
+    pub async fn rollout_changed(&self) {
+        self.refresh_all().await;
     }
 }
 

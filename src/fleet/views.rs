@@ -208,7 +208,7 @@ impl Fleet {
         let desired = self
             .inner
             .resolver
-            .pick(l.pinned.get(&c.key).cloned(), &c.value.labels, l.default.clone());
+            .pick(l.pinned.get(&c.key).cloned(), &c.value, l.default.clone());
         let (config_status, config_error) = config_of(s, desired.as_deref());
         FleetCollector {
             id: c.value.id.clone(),

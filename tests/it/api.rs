@@ -159,6 +159,11 @@ async fn openapi_document_covers_every_route() {
         "POST /api/v1/routing/drafts/preview",
         "POST /api/v1/routing/drafts/publish",
         "POST /api/v1/routing/drafts/patch",
+        "GET /api/v1/rollouts",
+        "POST /api/v1/rollouts/{id}/pause",
+        "POST /api/v1/rollouts/{id}/resume",
+        "POST /api/v1/rollouts/{id}/abort",
+        "POST /api/v1/rollouts/{id}/promote",
     ]
     .into_iter()
     .map(String::from)

@@ -16,6 +16,7 @@ mod matrix;
 mod mtls;
 mod owntelemetry;
 mod protocol;
+mod rollouts;
 mod routing;
 mod support;
 mod telemetry;
