@@ -559,6 +559,8 @@ async fn reload_loop(
 }
 
 /// What one look at the repository found.
+// One value per look, moved once: boxing the loaded resources buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     /// The tip is the commit checked last time.
     Unchanged,
