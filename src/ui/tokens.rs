@@ -170,7 +170,7 @@ async fn api_page(s: &AppState, v: &Viewer, cursor: Option<String>, form: ApiFor
             t,
         })
         .collect();
-    rows.sort_by(|a, b| b.t.created_at.cmp(&a.t.created_at));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.t.created_at));
     Ok(ApiPage {
         layout: v.layout("API tokens", "api-tokens"),
         script: assets::url("onboarding.js"),
