@@ -1,14 +1,15 @@
 //! Reactions to the storage change feed: whatever any instance changed
 //! (labels, pinned or default configs, commands, deregistration, revoked
-//! credentials) reaches the sessions held here. Falling behind the feed
-//! re-reads every session.
+//! credentials) reaches the sessions held here, and collectors and
+//! statuses reach the fleet index. Falling behind the feed re-reads every
+//! session, or rebuilds the index.
 //!
 //! It must not write to the store: reactions only re-read, push or close.
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 use super::Fleet;
-use crate::domain::{Collector, CollectorCredential, DEFAULT_ASSIGNMENT};
+use crate::domain::{Collector, CollectorCredential, CollectorStatus, DEFAULT_ASSIGNMENT};
 use crate::storage::{Change, ChangeFeed, Table};
 
 impl Fleet {
@@ -78,6 +79,11 @@ impl Fleet {
                     }
                 }
             }
+            // A new credential (version 1) has never been revoked: only a
+            // revocation or removal can end sessions. (Each enrollment
+            // creates one; looking through every session for each made
+            // enrolling a large fleet quadratic.)
+            Table::CollectorCredentials if change.version == Some(1) => {}
             Table::CollectorCredentials => {
                 let holders: Vec<String> = self
                     .inner
@@ -122,6 +128,98 @@ impl Fleet {
                 Ok(None) => self.kick(&id, "the collector was deregistered"),
                 Err(e) => tracing::warn!(error = %e, "Resync could not read a collector."),
             }
+        }
+    }
+}
+
+/// The fleet index's own subscription. A reader takes it to apply what was
+/// committed but not yet followed (read-your-writes for this instance's
+/// own writes: an enrollment, then the list); the follower task holds it
+/// while waiting and lets go when a reader rings `wake`.
+pub(super) struct IndexFeed {
+    // tokio Mutex: held across the wait for the next change and the store
+    // read that applies it; FIFO, so a reader gets it before the follower
+    // takes it again.
+    feed: tokio::sync::Mutex<ChangeFeed>,
+    wake: Notify,
+}
+
+impl IndexFeed {
+    pub fn new(feed: ChangeFeed) -> Self {
+        IndexFeed {
+            feed: tokio::sync::Mutex::new(feed),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl Fleet {
+    /// The task that keeps the fleet index current; owned by the instance's
+    /// tasks.
+    pub(super) async fn follow_index(self) {
+        let shared = self.inner.index_feed.clone();
+        loop {
+            let mut feed = shared.feed.lock().await;
+            let next = tokio::select! {
+                r = feed.recv() => r,
+                // A reader wants the feed: let go of it.
+                _ = shared.wake.notified() => continue,
+            };
+            match next {
+                Ok(change) => self.index_change(change).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => self.index_lagged(n).await,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Apply to the index every change already committed (see `IndexFeed`).
+    pub(super) async fn catch_up_index(&self) {
+        let shared = self.inner.index_feed.clone();
+        shared.wake.notify_one();
+        let mut feed = shared.feed.lock().await;
+        loop {
+            match feed.try_recv() {
+                Ok(change) => self.index_change(change).await,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.index_lagged(n).await,
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn index_lagged(&self, missed: u64) {
+        tracing::warn!(missed, "The fleet index fell behind the change feed; rebuilding it from the store.");
+        if let Err(e) = self.rebuild_index().await {
+            tracing::warn!(error = %e, "Could not rebuild the fleet index; the next view retries.");
+            self.inner.index.invalidate();
+        }
+    }
+
+    async fn index_change(&self, change: Change) {
+        let store = self.inner.domain.store();
+        match change.table {
+            Table::Collectors if change.version.is_none() => self.inner.index.remove(&change.key),
+            Table::Collectors => match store.get::<Collector>(&change.key).await {
+                Ok(Some(c)) => self.inner.index.put_collector(&c),
+                Ok(None) => self.inner.index.remove(&change.key),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not read a changed collector for the fleet index; rebuilding it.");
+                    self.inner.index.invalidate();
+                }
+            },
+            // Statuses of sessions held here reach the index through the
+            // writer, fresher than the store; any other was written
+            // elsewhere (or by a session that closed): read it once.
+            Table::CollectorStatus if !self.inner.sessions.contains(&change.key) => {
+                match store.get::<CollectorStatus>(&change.key).await {
+                    Ok(s) => self.inner.index.put_status(&change.key, s.as_ref().map(|s| &s.value)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not read a changed collector status for the fleet index; rebuilding it.");
+                        self.inner.index.invalidate();
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -115,6 +115,9 @@ impl Fleet {
         let processed = g.agent.process(msg, desired.as_deref(), now)?;
         if processed.status_changed {
             self.inner.writer.put(g.agent.status.clone());
+        } else {
+            // Nothing to store, but the fleet list shows when it was seen.
+            self.inner.index.seen(&conn.collector_id, now);
         }
         let mut reply = processed.reply;
         reply.connection_settings = self.connection_offer(&mut g).await;

@@ -19,6 +19,8 @@
 //! - `commands`: delivering queued commands (restart).
 //! - `presence`: liveness sweep and this instance's presence row.
 //! - `writer`: the coalescing status writer.
+//! - `index`: every stored collector and a digest of its status, in
+//!   memory, for the list and summary.
 //! - `views`: fleet status as the API shows it.
 //!
 //! This module must not know about HTTP, gRPC or the API's state: errors
@@ -30,6 +32,7 @@ pub mod compat;
 pub mod desired;
 mod error;
 mod feed;
+mod index;
 mod messages;
 mod offers;
 mod presence;
@@ -50,6 +53,7 @@ use crate::configstore::ConfigStoreHandle;
 use crate::domain::Domain;
 use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
+use index::FleetIndex;
 use registry::Registry;
 use resolve::Resolver;
 use writer::StatusWriter;
@@ -96,6 +100,8 @@ struct Inner {
     sessions: Registry,
     resolver: Resolver,
     writer: StatusWriter,
+    index: Arc<FleetIndex>,
+    index_feed: Arc<feed::IndexFeed>,
     started_at: Timestamp,
     /// The instance's task set (`crate::tasks`): the fleet's loops and the
     /// collector stream handlers run there, so `run` ends them.
@@ -121,9 +127,15 @@ impl Fleet {
     ) -> Fleet {
         let feed = domain.store().subscribe();
         let snapshots = config_store.as_ref().map(|c| c.subscribe());
+        // Subscribed before the index is built: a change committed during
+        // the build is applied again after it (every application re-reads).
+        let index_feed = Arc::new(feed::IndexFeed::new(domain.store().subscribe()));
+        let index = Arc::new(FleetIndex::default());
         let inner = Arc::new(Inner {
             resolver: Resolver::new(domain.store().clone(), config_store),
-            writer: StatusWriter::start(domain.store().clone(), &tasks),
+            writer: StatusWriter::start(domain.store().clone(), index.clone(), &tasks),
+            index,
+            index_feed,
             tasks,
             started_at: domain.clock().now(),
             domain,
@@ -132,9 +144,14 @@ impl Fleet {
             sessions: Registry::default(),
         });
         let fleet = Fleet { inner };
+        // Before correcting stale statuses: their corrections update it.
+        if let Err(e) = fleet.rebuild_index().await {
+            tracing::warn!(error = %e, "Could not load the fleet index; the first fleet view retries.");
+        }
         fleet.release_stale_statuses().await;
         let tasks = &fleet.inner.tasks;
         tasks.spawn("fleet change feed", fleet.clone().follow_changes(feed));
+        tasks.spawn("fleet index", fleet.clone().follow_index());
         tasks.spawn("liveness sweep", fleet.clone().sweep());
         tasks.spawn("presence heartbeat", fleet.clone().heartbeat_presence());
         if let Some(rx) = snapshots {

@@ -70,7 +70,19 @@ impl Resolver {
         collector: &Collector,
         default: Option<Arc<Desired>>,
     ) -> Option<Arc<Desired>> {
-        pinned.or_else(|| self.rendered(collector)).or(default)
+        self.pick_by(pinned, &collector.id, &collector.labels, default)
+    }
+
+    /// `pick` on a collector's id and labels only (the fleet views hold
+    /// those, not whole records).
+    pub fn pick_by(
+        &self,
+        pinned: Option<Arc<Desired>>,
+        id: &str,
+        labels: &Labels,
+        default: Option<Arc<Desired>>,
+    ) -> Option<Arc<Desired>> {
+        pinned.or_else(|| self.rendered(id, labels)).or(default)
     }
 
     /// Resolve, reading (or taking from the cache) whatever the caller does
@@ -157,7 +169,7 @@ impl Resolver {
     /// The config store's config for this collector, if it routes any
     /// pipeline to it (a config without pipelines would be refused by the
     /// collector, so it is never offered).
-    fn rendered(&self, collector: &Collector) -> Option<Arc<Desired>> {
+    fn rendered(&self, id: &str, labels: &Labels) -> Option<Arc<Desired>> {
         let cs = self.config_store.as_ref()?;
         let served = cs.current()?;
         let active = self.rollouts.get();
@@ -165,11 +177,16 @@ impl Resolver {
         // an emergency override beats any rollout.
         let snapshot: Arc<Snapshot> = match &active {
             Some(a) if served.resources.rollout.is_some() && !cs.override_applied() => {
-                a.snapshot_for(&collector.id, &collector.labels)?.clone()
+                a.snapshot_for(id, labels)?.clone()
             }
             _ => served.clone(),
         };
         let mut cache = self.renders.lock().unwrap_or_else(|p| p.into_inner());
+        // The common case, without cloning a key (the fleet views ask for
+        // every collector).
+        if let Some(hit) = cache.by_commit.get(&snapshot.revision.commit).and_then(|m| m.get(labels)) {
+            return hit.clone();
+        }
         if !cache.by_commit.contains_key(&snapshot.revision.commit) {
             let keep = |c: &String| {
                 *c == served.revision.commit
@@ -183,9 +200,9 @@ impl Resolver {
             .by_commit
             .entry(snapshot.revision.commit.clone())
             .or_default()
-            .entry(collector.labels.clone())
+            .entry(labels.clone())
             .or_insert_with(|| {
-                let r = snapshot.render(&collector.labels);
+                let r = snapshot.render(labels);
                 (!r.pipelines.is_empty()).then(|| Arc::new(Desired::from_rendered(&r)))
             })
             .clone()

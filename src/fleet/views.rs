@@ -1,20 +1,24 @@
-//! Fleet status as the API shows it: each collector joined with its stored
+//! Fleet status as the API shows it: each collector joined with its
 //! status, the liveness of the instance holding it, and how its reported
-//! config compares with the desired one.
+//! config compares with the desired one. The list and the summary read the
+//! in-memory fleet index (`index`), never a table of the fleet's size; one
+//! collector in full reads the store.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::desired::Desired;
+use super::index::{CollectorDigest, Row, StatusDigest};
 use super::{Fleet, PRESENCE_STALE};
 use crate::clock::Timestamp;
 use crate::domain::{
     Collector, CollectorStatus, ConfigAssignment, DomainError, Labels, Page, ServerInstance, DEFAULT_ASSIGNMENT,
 };
-use crate::storage::{Scan, Versioned};
+use crate::storage::Scan;
 
 /// One collector in the fleet list.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -99,67 +103,65 @@ pub enum FleetSort {
 }
 
 impl FleetSort {
-    fn key(self, c: &Versioned<Collector>, s: Option<&CollectorStatus>) -> String {
+    /// The sort key of a row, which is also the cursor after it.
+    fn key(self, id: &str, c: &CollectorDigest, s: Option<&StatusDigest>) -> String {
         match self {
-            FleetSort::Id => c.key.clone(),
+            FleetSort::Id => id.to_string(),
             // U+001F sorts before any printable character: "ab" < "abc".
-            FleetSort::Name => format!("{}\u{1f}{}", c.value.name.to_lowercase(), c.key),
+            FleetSort::Name => format!("{}\u{1f}{}", c.name.to_lowercase(), id),
             FleetSort::LastSeen => {
                 let seen = s.and_then(|s| s.last_seen).map_or(0, |t| t.0);
-                format!("{:020}\u{1f}{}", u64::MAX - seen, c.key)
+                format!("{:020}\u{1f}{}", u64::MAX - seen, id)
             }
         }
     }
 }
 
-fn health_of(s: Option<&CollectorStatus>) -> String {
-    match s.and_then(|s| s.health.as_ref()) {
-        Some(h) if h.healthy => "healthy",
-        Some(_) => "unhealthy",
+fn health_of(s: Option<&StatusDigest>) -> &'static str {
+    match s.and_then(|s| s.healthy) {
+        Some(true) => "healthy",
+        Some(false) => "unhealthy",
         None => "unknown",
     }
-    .into()
 }
 
-fn config_of(s: Option<&CollectorStatus>, desired: Option<&Desired>) -> (String, Option<String>) {
-    let Some(d) = desired else { return ("none".into(), None) };
-    let reported = s.and_then(|s| s.remote_config.as_ref());
-    if reported.is_none_or(|r| r.hash != d.hash_hex) {
+fn config_of(s: Option<&StatusDigest>, desired: Option<&Desired>) -> (&'static str, Option<String>) {
+    let Some(d) = desired else { return ("none", None) };
+    let reported = s.and_then(|s| s.remote.as_ref());
+    if reported.is_none_or(|(hash, _, _)| *hash != d.hash_hex) {
         // Not pushed at all (`compat`): say why.
-        let missing = super::compat::missing(d, s.and_then(|s| s.available_components.as_ref()));
+        let missing = super::compat::missing(d, s.and_then(|s| s.available.as_deref()));
         if !missing.is_empty() {
-            return ("incompatible".into(), Some(super::compat::describe(&missing)));
+            return ("incompatible", Some(super::compat::describe(&missing)));
         }
     }
     match reported {
-        Some(r) if r.hash == d.hash_hex => match r.status.as_str() {
-            "APPLIED" => ("applied".into(), None),
-            "FAILED" => ("failed".into(), Some(r.error_message.clone())),
-            _ => ("applying".into(), None),
+        Some((hash, status, error)) if *hash == d.hash_hex => match status.as_str() {
+            "APPLIED" => ("applied", None),
+            "FAILED" => ("failed", Some(error.clone())),
+            _ => ("applying", None),
         },
-        _ => ("pending".into(), None),
+        _ => ("pending", None),
     }
 }
 
-/// Everything needed to judge the fleet, read in a few scans.
-struct Loaded {
-    collectors: Vec<Versioned<Collector>>,
-    statuses: HashMap<String, CollectorStatus>,
+/// The small tables every view needs besides the index: pinned configs
+/// (few collectors have one), the fleet default, and which instances are
+/// alive. Cheap to read per request; the live view keeps one per tick.
+#[derive(Debug, Default)]
+pub struct ViewContext {
     pinned: HashMap<String, Arc<Desired>>,
     default: Option<Arc<Desired>>,
     alive: HashMap<String, bool>,
 }
 
+/// One distinct label set in a summary pass: its desired config (without
+/// a pin or a rollout), the set, and how many collectors carry it.
+type LabelSet = (Option<Arc<Desired>>, Arc<Labels>, usize);
+
 impl Fleet {
-    async fn load(&self) -> Result<Loaded, DomainError> {
+    async fn view_context(&self) -> Result<ViewContext, DomainError> {
         let store = self.domain().store();
-        let collectors = store.scan::<Collector>(Scan::default()).await?;
-        let statuses = store
-            .scan::<CollectorStatus>(Scan::default())
-            .await?
-            .into_iter()
-            .map(|s| (s.key, s.value))
-            .collect();
         let mut pinned = HashMap::new();
         let mut default = None;
         for a in store.scan::<ConfigAssignment>(Scan::default()).await? {
@@ -181,121 +183,205 @@ impl Fleet {
                 )
             })
             .collect();
-        Ok(Loaded {
-            collectors,
-            statuses,
-            pinned,
-            default,
-            alive,
-        })
+        Ok(ViewContext { pinned, default, alive })
     }
 
-    /// Whether a stored status means connected now: the holder says so and
-    /// is itself alive (this instance: it holds the session).
-    fn is_connected(&self, s: &CollectorStatus, alive: &HashMap<String, bool>) -> bool {
+    /// Rebuild the fleet index from the store (start-up, a lagging change
+    /// feed), then lay over it the statuses of sessions held here: they may
+    /// have changed while the scan ran.
+    pub(super) async fn rebuild_index(&self) -> Result<(), DomainError> {
+        let store = self.domain().store();
+        let collectors = store.scan::<Collector>(Scan::default()).await?;
+        let statuses = store.scan::<CollectorStatus>(Scan::default()).await?;
+        self.inner.index.rebuild(collectors, statuses);
+        for (id, ctx, _) in self.inner.sessions.all() {
+            let status = ctx.lock().await.agent.status.clone();
+            self.inner.index.put_status(&id, Some(&status));
+        }
+        Ok(())
+    }
+
+    /// Before a view reads the index: build it if start-up could not, and
+    /// apply the changes already committed here but not yet followed, so a
+    /// list read right after an enrollment shows the new collector.
+    async fn index_current(&self) -> Result<(), DomainError> {
+        if !self.inner.index.is_ready() {
+            self.rebuild_index().await?;
+        }
+        self.catch_up_index().await;
+        Ok(())
+    }
+
+    /// Whether a status means connected now: the holder says so and is
+    /// itself alive (this instance: it holds the session).
+    fn is_connected(&self, id: &str, s: &StatusDigest, alive: &HashMap<String, bool>) -> bool {
         if !s.connected {
             return false;
         }
         if s.instance == self.instance() {
-            return self.inner.sessions.contains(&s.collector_id);
+            return self.inner.sessions.contains(id);
         }
         alive.get(&s.instance).copied().unwrap_or(false)
     }
 
-    fn summarize(&self, c: &Versioned<Collector>, l: &Loaded) -> FleetCollector {
-        let s = l.statuses.get(&c.key);
-        // The push path's resolver, on what was read in bulk.
-        let desired = self
-            .inner
-            .resolver
-            .pick(l.pinned.get(&c.key).cloned(), &c.value, l.default.clone());
+    fn summarize(
+        &self,
+        id: &str,
+        c: &CollectorDigest,
+        s: Option<&StatusDigest>,
+        desired: Option<Arc<Desired>>,
+        alive: &HashMap<String, bool>,
+    ) -> FleetCollector {
         let (config_status, config_error) = config_of(s, desired.as_deref());
         FleetCollector {
-            id: c.value.id.clone(),
-            name: c.value.name.clone(),
-            labels: c.value.labels.clone(),
+            id: id.to_string(),
+            name: c.name.clone(),
+            labels: (*c.labels).clone(),
             version: c.version,
-            enrolled_at: c.value.enrolled_at,
-            connected: s.is_some_and(|s| self.is_connected(s, &l.alive)),
+            enrolled_at: c.enrolled_at,
+            connected: s.is_some_and(|s| self.is_connected(id, s, alive)),
             instance: s.map(|s| s.instance.clone()),
             transport: s.map(|s| s.transport.clone()),
             last_seen: s.and_then(|s| s.last_seen),
-            health: health_of(s),
-            config_status,
+            health: health_of(s).into(),
+            config_status: config_status.into(),
             config_error,
             desired_hash: desired.map(|d| d.hash_hex.clone()),
         }
     }
 
+    /// The push path's resolver, on what the context holds.
+    fn desired_in(&self, id: &str, labels: &Labels, cx: &ViewContext) -> Option<Arc<Desired>> {
+        self.inner
+            .resolver
+            .pick_by(cx.pinned.get(id).cloned(), id, labels, cx.default.clone())
+    }
+
+    /// One row's view, if the index knows its collector.
+    fn view_of(&self, id: &str, row: &Row, cx: &ViewContext) -> Option<FleetCollector> {
+        let c = row.collector.as_ref()?;
+        let desired = self.desired_in(id, &c.labels, cx);
+        Some(self.summarize(id, c, row.status.as_ref(), desired, &cx.alive))
+    }
+
+    /// One page after the cursor, from the index. By id it walks the
+    /// index's own order from the cursor and stops once the page is full;
+    /// by name or last seen it sorts the rows whose labels match (keys
+    /// only, in memory), then judges rows from the cursor on until the
+    /// page is full.
     pub async fn list(&self, q: FleetQuery) -> Result<Page<FleetCollector>, DomainError> {
-        let mut l = self.load().await?;
-        self.overlay_live(&mut l).await;
+        let cx = self.view_context_current().await?;
         let limit = crate::domain::page_limit(q.limit);
         let mut items = Vec::new();
         let mut next_cursor = None;
-        let mut order: Vec<(String, &Versioned<Collector>)> = l
-            .collectors
-            .iter()
-            .map(|c| (q.sort.key(c, l.statuses.get(&c.key)), c))
-            .collect();
-        if q.sort != FleetSort::Id {
-            order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        }
-        let mut last_key = None;
-        for (key, c) in order {
-            if q.cursor.as_deref().is_some_and(|cur| key.as_str() <= cur) {
-                continue;
-            }
-            if !q.labels.iter().all(|(k, v)| c.value.labels.get(k) == Some(v)) {
-                continue;
-            }
-            let v = self.summarize(c, &l);
+        let rows = self.inner.index.read();
+        let labels_match = |row: &Row| {
+            row.collector
+                .as_ref()
+                .is_some_and(|c| q.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+        };
+        let mut take = |key: String, id: &str, row: &Row| -> bool {
+            let Some(v) = self.view_of(id, row, &cx) else { return true };
             if q.connected.is_some_and(|want| want != v.connected)
                 || q.health.as_ref().is_some_and(|h| *h != v.health)
                 || q.config_status.as_ref().is_some_and(|cs| *cs != v.config_status)
             {
-                continue;
+                return true;
             }
             if items.len() == limit {
-                next_cursor = last_key;
-                break;
+                // The cursor is the key of the last item shown.
+                next_cursor = items.last().map(|(k, _): &(String, FleetCollector)| k.clone());
+                return false;
             }
-            items.push(v);
-            last_key = Some(key);
+            items.push((key, v));
+            true
+        };
+        if q.sort == FleetSort::Id {
+            let after = match &q.cursor {
+                Some(cur) => Bound::Excluded(cur.as_str()),
+                None => Bound::Unbounded,
+            };
+            for (id, row) in rows.range::<str, _>((after, Bound::Unbounded)) {
+                if labels_match(row) && !take(id.clone(), id, row) {
+                    break;
+                }
+            }
+        } else {
+            let mut order: Vec<(String, &String, &Row)> = rows
+                .iter()
+                .filter(|(_, row)| labels_match(row))
+                .filter_map(|(id, row)| Some((q.sort.key(id, row.collector.as_ref()?, row.status.as_ref()), id, row)))
+                .filter(|(key, _, _)| q.cursor.as_deref().is_none_or(|cur| key.as_str() > cur))
+                .collect();
+            order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (key, id, row) in order {
+                if !take(key, id, row) {
+                    break;
+                }
+            }
         }
-        Ok(Page { items, next_cursor })
+        drop(rows);
+        Ok(Page {
+            items: items.into_iter().map(|(_, v)| v).collect(),
+            next_cursor,
+        })
+    }
+
+    /// Counts over the index with a context already read (the live view
+    /// keeps one per tick): one in-memory pass, each distinct label set
+    /// resolved once while no rollout makes the desired config depend on
+    /// the collector's id.
+    pub fn summary_in(&self, cx: &ViewContext) -> (FleetSummary, Vec<(Arc<Labels>, usize)>) {
+        let mut sum = FleetSummary::default();
+        let per_id = self.inner.resolver.rollouts().get().is_some();
+        // Keyed by the shared label set's address (the index interns them).
+        let mut by_labels: HashMap<*const Labels, LabelSet> = HashMap::new();
+        let rows = self.inner.index.read();
+        for (id, row) in rows.iter() {
+            let Some(c) = &row.collector else { continue };
+            let entry = by_labels
+                .entry(Arc::as_ptr(&c.labels))
+                .or_insert_with(|| (self.desired_in("", &c.labels, cx), c.labels.clone(), 0));
+            entry.2 += 1;
+            let desired = match cx.pinned.get(id) {
+                Some(p) => Some(p.clone()),
+                None if per_id => self.desired_in(id, &c.labels, cx),
+                None => entry.0.clone(),
+            };
+            let s = row.status.as_ref();
+            sum.total += 1;
+            match s {
+                Some(s) if self.is_connected(id, s, &cx.alive) => {
+                    sum.connected += 1;
+                    *sum.instances.entry(s.instance.clone()).or_default() += 1;
+                }
+                _ => sum.disconnected += 1,
+            }
+            *sum.health.entry(health_of(s).into()).or_default() += 1;
+            *sum.config.entry(config_of(s, desired.as_deref()).0.into()).or_default() += 1;
+        }
+        let label_sets = by_labels.into_values().map(|(_, l, n)| (l, n)).collect();
+        (sum, label_sets)
     }
 
     pub async fn summary(&self) -> Result<FleetSummary, DomainError> {
-        Ok(FleetSummary::of(&self.all().await?))
+        let cx = self.view_context_current().await?;
+        Ok(self.summary_in(&cx).0)
     }
 
-    /// Every collector's view, from one load (the console's live watcher
-    /// shares it between all open pages).
-    pub async fn all(&self) -> Result<Vec<FleetCollector>, DomainError> {
-        let mut l = self.load().await?;
-        self.overlay_live(&mut l).await;
-        Ok(l.collectors.iter().map(|c| self.summarize(c, &l)).collect())
+    /// The context of a view, with the index brought up to date first.
+    pub async fn view_context_current(&self) -> Result<ViewContext, DomainError> {
+        self.index_current().await?;
+        self.view_context().await
     }
-}
 
-impl FleetSummary {
-    pub fn of(all: &[FleetCollector]) -> FleetSummary {
-        let mut sum = FleetSummary::default();
-        for v in all {
-            sum.total += 1;
-            if v.connected {
-                sum.connected += 1;
-                if let Some(i) = &v.instance {
-                    *sum.instances.entry(i.clone()).or_default() += 1;
-                }
-            } else {
-                sum.disconnected += 1;
-            }
-            *sum.health.entry(v.health.clone()).or_default() += 1;
-            *sum.config.entry(v.config_status.clone()).or_default() += 1;
-        }
-        sum
+    /// The views of the given collectors (the console's live rows), from
+    /// the index; a collector it does not know is absent.
+    pub fn views_of(&self, ids: &[String], cx: &ViewContext) -> HashMap<String, FleetCollector> {
+        let rows = self.inner.index.read();
+        ids.iter()
+            .filter_map(|id| Some((id.clone(), self.view_of(id, rows.get(id)?, cx)?)))
+            .collect()
     }
 }
 
@@ -323,14 +409,14 @@ impl Fleet {
                 );
             }
         }
-        let l = Loaded {
-            collectors: vec![],
-            statuses: status.iter().map(|s| (id.to_string(), s.clone())).collect(),
-            pinned: desired.iter().map(|d| (id.to_string(), d.clone())).collect(),
-            default: None,
-            alive,
+        let digest = CollectorDigest {
+            name: c.value.name.clone(),
+            labels: Arc::new(c.value.labels.clone()),
+            version: c.version,
+            enrolled_at: c.value.enrolled_at,
         };
-        let summary = self.summarize(&c, &l);
+        let s = status.as_ref().map(StatusDigest::of);
+        let summary = self.summarize(id, &digest, s.as_ref(), desired.clone(), &alive);
         let desired = desired.map(|d| DesiredView {
             hash: d.hash_hex.clone(),
             source: d.source.clone(),
@@ -345,14 +431,5 @@ impl Fleet {
             status,
             desired,
         })
-    }
-
-    /// Use the in-memory status of sessions held here (fresher than the
-    /// store while a write is pending).
-    async fn overlay_live(&self, l: &mut Loaded) {
-        for (id, ctx, _) in self.inner.sessions.all() {
-            let status = ctx.lock().await.agent.status.clone();
-            l.statuses.insert(id, status);
-        }
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::index::FleetIndex;
 use crate::domain::{Collector, CollectorStatus};
 use crate::storage::{Expect, Op, StorageError, Store, Table};
 use crate::tasks::Tasks;
@@ -32,6 +33,9 @@ const RETRY_MAX: Duration = Duration::from_secs(8);
 #[derive(Clone)]
 pub struct StatusWriter {
     inner: Arc<Inner>,
+    /// Sees every status handed over, before it is stored: the fleet views
+    /// are as fresh as the sessions.
+    index: Arc<FleetIndex>,
 }
 
 struct Inner {
@@ -65,12 +69,15 @@ impl StatusWriter {
     /// Start the writer loop on the instance's tasks. At a stop it ends
     /// after the commit in progress (never dropped half-way, so the store is
     /// not left busy); what is still pending is for `flush`.
-    pub fn start(store: Store, tasks: &Tasks) -> Self {
+    pub fn start(store: Store, index: Arc<FleetIndex>, tasks: &Tasks) -> Self {
         let inner = Arc::new(Inner {
             pending: Mutex::new(HashMap::new()),
             notify: Notify::new(),
         });
-        let w = StatusWriter { inner: inner.clone() };
+        let w = StatusWriter {
+            inner: inner.clone(),
+            index,
+        };
         tasks.spawn_graceful("status writer", |stop| async move {
             let mut delay = RETRY_FIRST;
             loop {
@@ -118,6 +125,7 @@ impl StatusWriter {
     }
 
     pub fn put(&self, status: CollectorStatus) {
+        self.index.put_status(&status.collector_id, Some(&status));
         self.inner.pending().insert(status.collector_id.clone(), status);
         self.inner.notify.notify_one();
     }
@@ -181,7 +189,7 @@ mod tests {
 
         // The writer's commit fails, as a lost connection would.
         store.fail_commit_touching(Table::CollectorStatus, &id, 1);
-        let w = StatusWriter::start(store.clone(), &Tasks::new());
+        let w = StatusWriter::start(store.clone(), Arc::default(), &Tasks::new());
         w.put(CollectorStatus {
             collector_id: id.clone(),
             connected: true,

@@ -3,6 +3,7 @@
 //! version: a concurrent edit is a conflict the page shows, never a silent
 //! overwrite.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,14 +234,14 @@ async fn events(
         .map(String::from)
         .collect();
     let rx = s.live.subscribe();
-    let values = move |st: &LiveState, _: &AppState| row_values(st, &ids);
+    let values = move |st: &LiveState, s: &AppState| row_values(&st.rows(&s.fleet, &ids), &ids);
     Sse::new(live::diff_stream(s, rx, values)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-fn row_values(st: &LiveState, ids: &[String]) -> live::Values {
+fn row_values(rows: &HashMap<String, FleetCollector>, ids: &[String]) -> live::Values {
     let mut m = live::Values::new();
     for id in ids {
-        let (conn, health, config) = match st.collectors.get(id) {
+        let (conn, health, config) = match rows.get(id) {
             Some(c) => (
                 if c.connected { "connected" } else { "disconnected" },
                 c.health.as_str(),

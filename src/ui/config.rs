@@ -113,7 +113,10 @@ async fn page(State(s): State<Arc<AppState>>, v: Viewer, Query(q): Query<Preview
     let live = s.live.latest(&s.fleet).await?;
     let applied = snapshot
         .as_ref()
-        .map(|snap| applied_counts(&snap.resources, live.collectors.values().map(|c| &c.labels)))
+        .map(|snap| {
+            let fleet = live.label_sets.iter().flat_map(|(l, n)| std::iter::repeat_n(&**l, *n));
+            applied_counts(&snap.resources, fleet)
+        })
         .unwrap_or_default();
     let preview = q.labels.as_deref().map(|t| preview(snapshot.as_deref(), t));
     let status = match preview {
@@ -127,7 +130,7 @@ async fn page(State(s): State<Arc<AppState>>, v: Viewer, Query(q): Query<Preview
         branch,
         snapshot,
         applied,
-        fleet_size: live.collectors.len(),
+        fleet_size: live.summary.total as usize,
         labels: q.labels.unwrap_or_default(),
         preview,
     };

@@ -1,12 +1,13 @@
 //! The console's one live view of the fleet, shared by every open page.
 //!
-//! Before this, each browser's SSE stream re-read the whole fleet every
-//! second. Now one task (started and ended by `crate::run`) recomputes
-//! every collector's status and the fleet summary into a
+//! One task (started and ended by `crate::run`) recomputes the fleet
+//! summary, from the fleet's in-memory index (no store scan), into a
 //! `tokio::sync::watch` at most once per [`LIVE_PERIOD`], and only when
 //! something that shows changed (the store's change feed or a new served
 //! commit) while at least one page listens. SSE streams subscribe to it and
-//! each sends its page only the values that differ from what it sent last.
+//! each sends its page only the values that differ from what it sent last;
+//! a page's rows are looked up in the index by id with the context of the
+//! last computation (never a pass over the whole fleet per page).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -20,8 +21,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::api::AppState;
 use crate::configstore::Snapshot;
-use crate::domain::DomainError;
-use crate::fleet::views::{FleetCollector, FleetSummary};
+use crate::domain::{DomainError, Labels};
+use crate::fleet::views::{FleetCollector, FleetSummary, ViewContext};
 use crate::fleet::Fleet;
 use crate::storage::{ChangeFeed, Table};
 
@@ -33,21 +34,32 @@ pub const LIVE_PERIOD: Duration = Duration::from_secs(1);
 /// (its presence row just goes stale).
 const RECHECK: Duration = Duration::from_secs(10);
 
-/// Every collector's view and the summary, as of `computed_at`.
+/// The summary, each distinct label set with how many collectors carry
+/// it, and the context the rows are judged in, as of `computed_at`.
 #[derive(Debug)]
 pub struct LiveState {
     pub summary: FleetSummary,
-    pub collectors: HashMap<String, FleetCollector>,
+    pub label_sets: Vec<(Arc<Labels>, usize)>,
+    context: ViewContext,
     pub computed_at: Instant,
 }
 
 impl LiveState {
-    fn new(all: Vec<FleetCollector>) -> LiveState {
-        LiveState {
-            summary: FleetSummary::of(&all),
-            collectors: all.into_iter().map(|c| (c.id.clone(), c)).collect(),
+    async fn compute(fleet: &Fleet) -> Result<LiveState, DomainError> {
+        let context = fleet.view_context_current().await?;
+        let (summary, label_sets) = fleet.summary_in(&context);
+        Ok(LiveState {
+            summary,
+            label_sets,
+            context,
             computed_at: Instant::now(),
-        }
+        })
+    }
+
+    /// The views of the given collectors (a page's rows); one that is not
+    /// stored is absent.
+    pub fn rows(&self, fleet: &Fleet, ids: &[String]) -> HashMap<String, FleetCollector> {
+        fleet.views_of(ids, &self.context)
     }
 }
 
@@ -68,7 +80,8 @@ impl Default for LiveFleet {
     fn default() -> Self {
         let empty = LiveState {
             summary: FleetSummary::default(),
-            collectors: HashMap::new(),
+            label_sets: Vec::new(),
+            context: ViewContext::default(),
             computed_at: Instant::now(),
         };
         LiveFleet {
@@ -101,7 +114,7 @@ impl LiveFleet {
         if cur.computed_at.elapsed() < LIVE_PERIOD || watched {
             return Ok(cur);
         }
-        let fresh = Arc::new(LiveState::new(fleet.all().await?));
+        let fresh = Arc::new(LiveState::compute(fleet).await?);
         self.inner.tx.send_replace(fresh.clone());
         Ok(fresh)
     }
@@ -135,9 +148,9 @@ impl LiveFleet {
                         continue;
                     }
                     last = Instant::now();
-                    match fleet.all().await {
-                        Ok(all) => {
-                            self.inner.tx.send_replace(Arc::new(LiveState::new(all)));
+                    match LiveState::compute(&fleet).await {
+                        Ok(state) => {
+                            self.inner.tx.send_replace(Arc::new(state));
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "Could not read the fleet for live pages; retrying.");
