@@ -188,7 +188,10 @@ impl Fleet {
     }
 
     async fn index_lagged(&self, missed: u64) {
-        tracing::warn!(missed, "The fleet index fell behind the change feed; rebuilding it from the store.");
+        tracing::warn!(
+            missed,
+            "The fleet index fell behind the change feed; rebuilding it from the store."
+        );
         if let Err(e) = self.rebuild_index().await {
             tracing::warn!(error = %e, "Could not rebuild the fleet index; the next view retries.");
             self.inner.index.invalidate();

@@ -136,7 +136,10 @@ impl FleetIndex {
                 // hashing differently) keeps its own copy.
                 Some(hit) if hit.components == a.components => hit.clone(),
                 Some(_) => Arc::new(a.clone()),
-                None => sets.entry(a.hash.clone()).or_insert_with(|| Arc::new(a.clone())).clone(),
+                None => sets
+                    .entry(a.hash.clone())
+                    .or_insert_with(|| Arc::new(a.clone()))
+                    .clone(),
             }
         });
         StatusDigest::with(s, available)

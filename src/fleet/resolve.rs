@@ -184,7 +184,11 @@ impl Resolver {
         let mut cache = self.renders.lock().unwrap_or_else(|p| p.into_inner());
         // The common case, without cloning a key (the fleet views ask for
         // every collector).
-        if let Some(hit) = cache.by_commit.get(&snapshot.revision.commit).and_then(|m| m.get(labels)) {
+        if let Some(hit) = cache
+            .by_commit
+            .get(&snapshot.revision.commit)
+            .and_then(|m| m.get(labels))
+        {
             return hit.clone();
         }
         if !cache.by_commit.contains_key(&snapshot.revision.commit) {

@@ -281,7 +281,9 @@ impl Fleet {
                 .is_some_and(|c| q.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
         };
         let mut take = |key: String, id: &str, row: &Row| -> bool {
-            let Some(v) = self.view_of(id, row, &cx) else { return true };
+            let Some(v) = self.view_of(id, row, &cx) else {
+                return true;
+            };
             if q.connected.is_some_and(|want| want != v.connected)
                 || q.health.as_ref().is_some_and(|h| *h != v.health)
                 || q.config_status.as_ref().is_some_and(|cs| *cs != v.config_status)
