@@ -17,6 +17,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{with_etag, ApiJson, ApiPath, ApiQuery, Auth, IfMatch};
 use super::AppState;
 use crate::domain::{AssignedFile, CollectorView, Labels, Page, Role, DEFAULT_ASSIGNMENT};
+use crate::domain::{ConfigState, HealthState};
 use crate::fleet::views::{CollectorDetail, FleetCollector, FleetQuery, FleetSort, FleetSummary};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -36,10 +37,8 @@ pub struct FleetListParams {
     /// Label selector `k=v,k2=v2`: collectors carrying all of them.
     pub selector: Option<String>,
     pub connected: Option<bool>,
-    /// `healthy`, `unhealthy` or `unknown`.
-    pub health: Option<String>,
-    /// `applied`, `applying`, `failed`, `pending` or `none`.
-    pub config_status: Option<String>,
+    pub health: Option<HealthState>,
+    pub config_status: Option<ConfigState>,
     pub cursor: Option<String>,
     pub limit: Option<usize>,
     /// `id` (default), `name` or `last_seen` (newest first); a cursor is
@@ -72,8 +71,8 @@ async fn list_collectors(
     let q = FleetQuery {
         labels,
         connected: p.connected,
-        health: p.health,
-        config_status: p.config_status,
+        health: p.health.map(|h| h.to_string()),
+        config_status: p.config_status.map(|c| c.to_string()),
         cursor: p.cursor,
         limit: p.limit,
         sort: p.sort.unwrap_or_default(),

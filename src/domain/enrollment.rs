@@ -53,6 +53,7 @@ pub struct EnrollmentTokenView {
     pub revoked_at: Option<Timestamp>,
     pub require_own_credential: bool,
     /// `active`, `expired`, `used_up` or `revoked`.
+    #[schema(value_type = super::TokenState)]
     pub state: String,
 }
 
@@ -90,15 +91,17 @@ pub struct Enrolled {
 }
 
 fn state_of(t: &EnrollmentToken, now: Timestamp) -> &'static str {
+    use super::TokenState;
     if t.revoked_at.is_some() {
-        "revoked"
+        TokenState::Revoked
     } else if now >= t.expires_at {
-        "expired"
+        TokenState::Expired
     } else if t.max_uses.is_some_and(|m| t.uses >= m) {
-        "used_up"
+        TokenState::UsedUp
     } else {
-        "active"
+        TokenState::Active
     }
+    .as_str()
 }
 
 /// Normalise an OpAMP instance_uid to the hyphenated lowercase UUID form.

@@ -18,6 +18,7 @@ mod onboarding;
 pub mod records;
 pub mod rollout;
 pub mod secrets;
+pub mod states;
 mod users;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub use enrollment::{
 pub use instances::InstanceView;
 pub use onboarding::{EnrolledCollector, EnrollmentProgress};
 pub use records::*;
+pub use states::{ConfigState, HealthState, RemoteConfigState, StoreMode, TokenState};
 pub use users::{NewUser, UserUpdate, UserView, MIN_PASSWORD_LEN};
 
 use crate::clock::Clock;

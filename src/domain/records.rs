@@ -136,6 +136,7 @@ pub struct EffectiveConfigView {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RemoteConfigView {
     /// `APPLIED`, `APPLYING`, `FAILED` or `UNSET`.
+    #[schema(value_type = super::RemoteConfigState)]
     pub status: String,
     /// Hash (hex) of the remote config the status is about.
     pub hash: String,
