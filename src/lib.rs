@@ -190,6 +190,7 @@ async fn serve(
             let options = configstore::StoreOptions {
                 clock: clock.clone(),
                 metrics: Some(metrics.clone()),
+                tasks: Some(tasks.clone()),
             };
             let handle = configstore::ConfigStoreHandle::start_with(cs, &data_dir(&config), options).await?;
             Some(handle)
@@ -247,6 +248,7 @@ async fn serve(
         },
         own_telemetry: own_telemetry.clone(),
         live: live.clone(),
+        tasks: tasks.clone(),
         openapi_json: Default::default(),
     });
     // Connect info: rate limits count per client address.

@@ -102,6 +102,14 @@ impl Tasks {
         self.stop.cancelled().await
     }
 
+    /// [`Tasks::stopping`] as an owned future, for what must end with the
+    /// instance but is no task of its own: a long response body (an SSE
+    /// stream, `StreamExt::take_until`), which would otherwise keep its
+    /// connection, and so `run`, open until the client goes away.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.stop.clone().cancelled_owned()
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stop.is_cancelled()
     }

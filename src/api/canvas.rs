@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
-use super::extract::{with_etag, ApiJson, ApiQuery, Auth, IfMatch};
+use super::extract::{with_etag, ApiJson, ApiQuery, Auth, EditorAuth, IfMatch};
 use super::AppState;
 use crate::domain::{parse_time, AuditEvent, AuditQuery, CanvasDoc, Page};
 
@@ -44,7 +44,7 @@ async fn get_canvas(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<Res
     responses((status = 200, body = CanvasDoc), (status = 409, body = Problem), (status = 428, body = Problem)), security(("session" = []), ("bearer" = [])))]
 async fn save_canvas(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    EditorAuth(a): EditorAuth,
     if_match: IfMatch,
     ApiJson(req): ApiJson<SaveCanvas>,
 ) -> Result<Response, ApiError> {

@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, Auth};
+use super::extract::{AdminAuth, ApiJson, Auth};
 use super::AppState;
 use crate::configstore::{
     ConfigStoreHandle, HistoryEntry, LoadCommitError, OverrideStatus, Rendered, Revision, Snapshot, StoreStatus,
@@ -251,10 +251,9 @@ async fn get_override(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<J
     security(("session" = []), ("bearer" = [])))]
 async fn set_override(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    AdminAuth(a): AdminAuth,
     ApiJson(req): ApiJson<SetOverride>,
 ) -> Result<Json<OverrideView>, ApiError> {
-    a.require(Role::Admin)?;
     let cs = store(&s)?;
     // Only a commit this instance would serve: every rule, the collector's
     // check included.

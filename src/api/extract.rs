@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::domain::Actor;
+use crate::domain::{Actor, Role};
 use crate::transport::bearer_token;
 
 /// Name of the UI session cookie.
@@ -61,6 +61,56 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         Err(ApiError::unauthenticated(
             "log in, or send an API token as `Authorization: Bearer <token>`",
         ))
+    }
+}
+
+/// Callers who may not call a route are told so (401, 403) before its body
+/// is read: whoever sends no body, or a wrong media type, gets the same
+/// refusal as with a valid one, and a refused caller's body is never
+/// parsed. These extractors are `Auth` plus the route's role; the domain
+/// checks the role again (it is the rule; this is the order).
+macro_rules! auth_with_role {
+    ($(#[$m:meta])* $name:ident, $role:expr) => {
+        $(#[$m])*
+        pub struct $name(pub Actor);
+
+        impl FromRequestParts<Arc<AppState>> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+                let Auth(a) = Auth::from_request_parts(parts, state).await?;
+                a.require($role)?;
+                Ok($name(a))
+            }
+        }
+    };
+}
+
+auth_with_role!(
+    /// An authenticated caller with at least the editor role.
+    EditorAuth,
+    Role::Editor
+);
+auth_with_role!(
+    /// An authenticated caller with the admin role.
+    AdminAuth,
+    Role::Admin
+);
+
+/// A caller who may edit the user named in the path: an admin, or that
+/// user (their own password only; the domain decides what else).
+pub struct UserEditAuth(pub Actor);
+
+impl FromRequestParts<Arc<AppState>> for UserEditAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let Auth(a) = Auth::from_request_parts(parts, state).await?;
+        let ApiPath(name) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        if a.username() != Some(name.as_str()) {
+            a.require(Role::Admin)?;
+        }
+        Ok(UserEditAuth(a))
     }
 }
 

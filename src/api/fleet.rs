@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
-use super::extract::{with_etag, ApiJson, ApiPath, ApiQuery, Auth, IfMatch};
+use super::extract::{with_etag, ApiJson, ApiPath, ApiQuery, Auth, EditorAuth, IfMatch};
 use super::AppState;
 use crate::domain::{AssignedFile, CollectorView, Labels, Page, Role, DEFAULT_ASSIGNMENT};
 use crate::domain::{ConfigState, HealthState};
@@ -36,8 +36,11 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 pub struct FleetListParams {
     /// Label selector `k=v,k2=v2`: collectors carrying all of them.
     pub selector: Option<String>,
+    /// `true` or `false`.
     pub connected: Option<bool>,
+    #[param(inline)]
     pub health: Option<HealthState>,
+    #[param(inline)]
     pub config_status: Option<ConfigState>,
     pub cursor: Option<String>,
     pub limit: Option<usize>,
@@ -117,7 +120,7 @@ pub struct LabelsUpdate {
     responses((status = 200, body = CollectorView), (status = 409, body = Problem), (status = 428, body = Problem)), security(("session" = []), ("bearer" = [])))]
 async fn update_labels(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    EditorAuth(a): EditorAuth,
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
     ApiJson(req): ApiJson<LabelsUpdate>,
@@ -152,7 +155,7 @@ pub struct ConfigFiles {
     responses((status = 204), (status = 404, body = Problem)), security(("session" = []), ("bearer" = [])))]
 async fn pin_config(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    EditorAuth(a): EditorAuth,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ConfigFiles>,
 ) -> Result<StatusCode, ApiError> {
@@ -183,7 +186,7 @@ async fn unpin_config(
     responses((status = 204), (status = 422, body = Problem)), security(("session" = []), ("bearer" = [])))]
 async fn set_default_config(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    EditorAuth(a): EditorAuth,
     ApiJson(req): ApiJson<ConfigFiles>,
 ) -> Result<StatusCode, ApiError> {
     s.domain.set_assignment(&a, DEFAULT_ASSIGNMENT, req.files).await?;

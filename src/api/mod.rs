@@ -58,6 +58,8 @@ pub struct AppState {
     pub own_telemetry: crate::owntelemetry::OwnTelemetry,
     /// The console's shared live fleet view (its task runs in `crate::run`).
     pub live: crate::ui::live::LiveFleet,
+    /// The instance's tasks: long responses (SSE streams) end when it stops.
+    pub tasks: crate::tasks::Tasks,
     /// Filled by `router()`; start with `Default::default()`.
     pub openapi_json: OnceLock<String>,
 }

@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, Auth};
+use super::extract::{ApiJson, Auth, EditorAuth};
 use super::AppState;
 use crate::configstore::draft::{self, Graph, RouteChange};
 use crate::configstore::publish::{Author, Draft, DraftError, Preview, PublishMode, Published};
@@ -198,10 +198,9 @@ async fn graph(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<Json<Rou
     security(("session" = []), ("bearer" = [])))]
 async fn preview(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    EditorAuth(a): EditorAuth,
     ApiJson(req): ApiJson<PreviewRequest>,
 ) -> Result<Response, ApiError> {
-    a.require(Role::Editor)?;
     let store = store(&s)?;
     let targets = s.domain.route_targets(&a).await?;
     let draft = Draft {
@@ -225,10 +224,9 @@ async fn preview(
     security(("session" = []), ("bearer" = [])))]
 async fn publish(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    EditorAuth(a): EditorAuth,
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Response, ApiError> {
-    a.require(Role::Editor)?;
     let store = store(&s)?;
     let routes: Vec<String> = routes_named(&req.changes).into_iter().map(String::from).collect();
     let base = req.base_commit.clone();
@@ -265,10 +263,9 @@ async fn publish(
     security(("session" = []), ("bearer" = [])))]
 async fn patch(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    EditorAuth(a): EditorAuth,
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Response, ApiError> {
-    a.require(Role::Editor)?;
     let store = store(&s)?;
     let routes: Vec<String> = routes_named(&req.changes).into_iter().map(String::from).collect();
     let base = req.base_commit.clone();

@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, ApiPath, ApiQuery, Auth, PageParams};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Auth, EditorAuth, PageParams};
 use super::AppState;
 use crate::domain::{
     ApiTokenCreated, ApiTokenView, EnrollmentTokenCreated, EnrollmentTokenView, NewApiToken, NewEnrollmentToken, Page,
@@ -39,7 +39,7 @@ async fn list_enrollment_tokens(
     responses((status = 201, body = EnrollmentTokenCreated), (status = 422, body = Problem)), security(("session" = []), ("bearer" = [])))]
 async fn create_enrollment_token(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    EditorAuth(a): EditorAuth,
     ApiJson(req): ApiJson<NewEnrollmentToken>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
     Ok((

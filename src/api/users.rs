@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
-use super::extract::{with_etag, ApiJson, ApiPath, ApiQuery, Auth, IfMatch, PageParams};
+use super::extract::{with_etag, AdminAuth, ApiJson, ApiPath, ApiQuery, Auth, IfMatch, PageParams, UserEditAuth};
 use super::AppState;
 use crate::domain::{NewUser, Page, UserUpdate, UserView};
 
@@ -36,7 +36,7 @@ async fn list_users(
     responses((status = 201, body = UserView), (status = 409, body = Problem), (status = 422, body = Problem)), security(("session" = []), ("bearer" = [])))]
 async fn create_user(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    AdminAuth(a): AdminAuth,
     ApiJson(req): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Response), ApiError> {
     let u = s.domain.create_user(&a, req).await?;
@@ -63,7 +63,7 @@ async fn get_user(
     responses((status = 200, body = UserView), (status = 409, body = Problem), (status = 428, body = Problem)), security(("session" = []), ("bearer" = [])))]
 async fn update_user(
     State(s): State<Arc<AppState>>,
-    Auth(a): Auth,
+    UserEditAuth(a): UserEditAuth,
     ApiPath(name): ApiPath<String>,
     if_match: IfMatch,
     ApiJson(mut upd): ApiJson<UserUpdate>,

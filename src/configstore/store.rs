@@ -36,6 +36,7 @@ pub struct StoreStatus {
     pub branch: String,
     pub dir: Option<String>,
     /// `local` (opened in place, watched) or `mirror` (fetched).
+    #[schema(value_type = crate::domain::StoreMode)]
     pub mode: String,
     /// The bare mirror (mode `mirror`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,12 +143,15 @@ pub struct FetchStatus {
     pub last_success: Option<Timestamp>,
 }
 
-/// Time and metrics for the store; `Default` is the system clock and no
-/// metrics.
+/// Time, metrics and tasks for the store; `Default` is the system clock,
+/// no metrics and a reload loop of its own.
 #[derive(Clone)]
 pub struct StoreOptions {
     pub clock: Arc<dyn Clock>,
     pub metrics: Option<Arc<Metrics>>,
+    /// The server instance's tasks: the reload loop runs there and ends
+    /// when the instance stops (`crate::tasks`).
+    pub tasks: Option<crate::tasks::Tasks>,
 }
 
 impl Default for StoreOptions {
@@ -155,6 +159,7 @@ impl Default for StoreOptions {
         StoreOptions {
             clock: Arc::new(SystemClock),
             metrics: None,
+            tasks: None,
         }
     }
 }
@@ -328,10 +333,25 @@ impl ConfigStoreHandle {
             Location::Local(_) => Some(super::watch::watch_refs(&git_dir, wake_tx)?),
             Location::Remote { .. } => None,
         };
-        let task = tokio::spawn(reload_loop(shared.clone(), wake_rx, cfg.poll_interval, watch));
+        let reload = reload_loop(shared.clone(), wake_rx, cfg.poll_interval, watch);
+        let own = match &shared.options.tasks {
+            Some(tasks) => {
+                let s = shared.clone();
+                tasks.spawn_graceful("config store reload", |stop| async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = reload => {}
+                    }
+                    // A fetch still running on a blocking thread gives up.
+                    s.interrupt.store(true, Ordering::SeqCst);
+                });
+                Vec::new()
+            }
+            None => vec![tokio::spawn(reload)],
+        };
         Ok(ConfigStoreHandle {
             shared,
-            tasks: Arc::new(Tasks(Mutex::new(vec![task]))),
+            tasks: Arc::new(Tasks(Mutex::new(own))),
         })
     }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 macro_rules! state_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:tt),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
         pub enum $name {
@@ -59,6 +59,9 @@ state_enum! {
         Failed = "failed",
         /// Desired config not yet acknowledged.
         Pending = "pending",
+        /// The desired config names component types the collector lacks:
+        /// it is not pushed.
+        Incompatible = "incompatible",
         /// No config is desired for it.
         None = "none",
     }
@@ -117,6 +120,20 @@ mod tests {
     }
 
     #[test]
+    fn the_text_of_a_state_is_its_serialized_form() {
+        fn check<T: Serialize + Copy + std::fmt::Display>(all: &[T]) {
+            for v in all {
+                assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(v.to_string()));
+            }
+        }
+        check(HealthState::ALL);
+        check(ConfigState::ALL);
+        check(RemoteConfigState::ALL);
+        check(TokenState::ALL);
+        check(StoreMode::ALL);
+    }
+
+    #[test]
     fn the_schema_lists_every_value() {
         use utoipa::PartialSchema;
         let schema = serde_json::to_value(ConfigState::schema()).unwrap();
@@ -126,6 +143,9 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        assert_eq!(listed, ["applied", "applying", "failed", "pending", "none"]);
+        assert_eq!(
+            listed,
+            ["applied", "applying", "failed", "pending", "incompatible", "none"]
+        );
     }
 }

@@ -94,7 +94,23 @@ fn success(encoding: Encoding, rejected: u64, reasons: &[String]) -> Response {
         (status = 503, description = "storage unavailable; retry")))]
 pub async fn export_metrics(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let header_str = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok());
-    let encoding = match Encoding::from_content_type(header_str(header::CONTENT_TYPE)) {
+    let encoding = Encoding::from_content_type(header_str(header::CONTENT_TYPE));
+    // Who is calling comes first: a caller without a credential is told
+    // 401 whatever it sent (in protobuf when its media type is unknown).
+    let reply_in = *encoding.as_ref().unwrap_or(&Encoding::Protobuf);
+    let collector_id = match auth::collector_of(&s.domain, &headers).await {
+        Ok(id) => id,
+        Err(AuthError::Unauthenticated(m)) => return failure(reply_in, StatusCode::UNAUTHORIZED, UNAUTHENTICATED, m),
+        Err(AuthError::Unavailable) => {
+            return failure(
+                reply_in,
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE,
+                "the server cannot check credentials right now; retry later".into(),
+            )
+        }
+    };
+    let encoding = match encoding {
         Ok(e) => e,
         Err(e) => {
             return (
@@ -103,18 +119,6 @@ pub async fn export_metrics(State(s): State<Arc<AppState>>, headers: HeaderMap, 
                 e.to_string(),
             )
                 .into_response()
-        }
-    };
-    let collector_id = match auth::collector_of(&s.domain, &headers).await {
-        Ok(id) => id,
-        Err(AuthError::Unauthenticated(m)) => return failure(encoding, StatusCode::UNAUTHORIZED, UNAUTHENTICATED, m),
-        Err(AuthError::Unavailable) => {
-            return failure(
-                encoding,
-                StatusCode::SERVICE_UNAVAILABLE,
-                UNAVAILABLE,
-                "the server cannot check credentials right now; retry later".into(),
-            )
         }
     };
     let decoded = decode::decompress(header_str(header::CONTENT_ENCODING), &body, s.max_request_bytes)

@@ -199,6 +199,9 @@ pub fn diff_stream<F>(
 where
     F: Fn(&LiveState, &AppState) -> Values + Send + 'static,
 {
+    use futures::StreamExt as _;
+    // Ends when the instance stops: an open page must not hold `run`.
+    let stopped = s.tasks.stopped();
     futures::stream::unfold(
         (s, rx, values, None::<Values>),
         |(s, mut rx, values, last)| async move {
@@ -223,6 +226,7 @@ where
             }
         },
     )
+    .take_until(stopped)
 }
 
 fn update<K: serde::Serialize + Ord, V: serde::Serialize>(changed: &BTreeMap<K, V>) -> Event {

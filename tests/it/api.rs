@@ -809,3 +809,104 @@ async fn login_and_enrollment_are_rate_limited_per_client_address() {
     assert_eq!(enroll_from("198.51.100.3").await.unwrap().status(), 401);
     s.stop().await;
 }
+
+/// The values a schema allows: its `enum`, following `$ref` and the
+/// `oneOf`/`anyOf`/`allOf` an `Option` is wrapped in.
+fn enum_values(doc: &Value, schema: &Value) -> Vec<String> {
+    if let Some(values) = schema["enum"].as_array() {
+        return values.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+    }
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        return enum_values(doc, &doc["components"]["schemas"][name]);
+    }
+    ["oneOf", "anyOf", "allOf"]
+        .iter()
+        .filter_map(|k| schema[*k].as_array())
+        .flatten()
+        .flat_map(|s| enum_values(doc, s))
+        .collect()
+}
+
+/// An unknown filter value is a 400 that names the parameter and the values
+/// it takes, and the OpenAPI document lists those values for filters and
+/// for the states the API shows.
+#[tokio::test]
+async fn filters_and_states_are_closed_sets_named_in_errors_and_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let a = admin(&s.base).await;
+    for (query, names) in [
+        ("health=helthy", &["health", "healthy", "unhealthy", "unknown"][..]),
+        (
+            "config_status=done",
+            &[
+                "config_status",
+                "applied",
+                "applying",
+                "failed",
+                "pending",
+                "incompatible",
+                "none",
+            ][..],
+        ),
+        ("connected=yes", &["connected", "true", "false"][..]),
+        ("sort=size", &["sort", "id", "name", "last_seen"][..]),
+    ] {
+        let r = a
+            .get(format!("{}/api/v1/collectors?{query}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "?{query}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let detail = r.json::<Value>().await.unwrap()["detail"].as_str().unwrap().to_string();
+        for name in names {
+            assert!(detail.contains(name), "?{query}: {detail:?} does not name {name}");
+        }
+    }
+    // A valid value still filters (nothing is enrolled: an empty page).
+    let r = a
+        .get(format!(
+            "{}/api/v1/collectors?health=unknown&config_status=none&connected=false",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let doc: Value = reqwest::get(format!("{}/api/v1/openapi.json", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let params = doc["paths"]["/api/v1/collectors"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let param = |name: &str| {
+        let p = params.iter().find(|p| p["name"] == name).unwrap();
+        enum_values(&doc, &p["schema"])
+    };
+    assert_eq!(param("health"), ["healthy", "unhealthy", "unknown"]);
+    assert_eq!(
+        param("config_status"),
+        ["applied", "applying", "failed", "pending", "incompatible", "none"]
+    );
+    let field = |schema: &str, field: &str| {
+        let s = &doc["components"]["schemas"][schema]["properties"][field];
+        assert!(!s.is_null(), "{schema}.{field} is not in the document");
+        enum_values(&doc, s)
+    };
+    assert_eq!(
+        field("EnrollmentTokenView", "state"),
+        ["active", "expired", "used_up", "revoked"]
+    );
+    assert_eq!(
+        field("RemoteConfigView", "status"),
+        ["APPLIED", "APPLYING", "FAILED", "UNSET"]
+    );
+    assert_eq!(field("StoreStatus", "mode"), ["local", "mirror"]);
+    s.stop().await;
+}

@@ -218,3 +218,60 @@ async fn a_stopped_instance_releases_its_store_file_and_ports() {
         sim.stop();
     }
 }
+
+/// A console page left open (its SSE stream) does not hold a stopping
+/// instance: the stream ends, `run` returns long before the shutdown grace,
+/// and the store file opens again at once. The instance serves a config
+/// store, whose reload loop (and notify watcher) must have ended too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_console_stream_ends_when_the_instance_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("fleet");
+    let (repo, _) = crate::configstore::example_repo(&repo_dir);
+    let mut config = test_config(dir.path());
+    // Far longer than the deadline below: waiting on the open stream would
+    // show as a timeout, not as a slow pass.
+    config.server.shutdown_grace = Duration::from_secs(600);
+    config.config_store = Some(crate::configstore::store_config(repo.dir.to_str().unwrap()));
+    let path = config.storage.embedded.path.clone();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", http.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(linkmesh::run(config, linkmesh::Listeners { http, grpc }, async move {
+        let _ = stop_rx.await;
+    }));
+    wait_ready(&base).await;
+    let browser = admin(&base).await;
+    let mut streams = Vec::new();
+    for page in ["/events/overview", "/events/collectors"] {
+        let mut r = browser.get(format!("{base}{page}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{page}");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        // The first event: the stream is open and being served.
+        let first = r.chunk().await.unwrap().expect("the stream ended at once");
+        assert!(String::from_utf8_lossy(&first).contains("event"), "{page}");
+        streams.push(r);
+    }
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the instance did not stop while a console stream was open")
+        .unwrap()
+        .unwrap();
+    for mut r in streams {
+        // What is left is read to the end, and the end comes.
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(_)) = r.chunk().await {}
+        })
+        .await;
+        assert!(end.is_ok(), "a console stream stayed open after the instance stopped");
+    }
+    Store::open_embedded(&path)
+        .await
+        .expect("the stopped instance still holds the store file");
+}

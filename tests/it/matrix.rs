@@ -171,9 +171,15 @@ async fn every_operation_answers_every_caller_as_the_table_says() {
         .await
         .unwrap();
     let mut operations = Vec::new();
+    // Operations that need credentials (the body carries none).
+    let mut secured = std::collections::BTreeSet::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
-        for method in ops.as_object().unwrap().keys() {
-            operations.push(format!("{} {path}", method.to_uppercase()));
+        for (method, operation) in ops.as_object().unwrap() {
+            let op = format!("{} {path}", method.to_uppercase());
+            if operation.get("security").is_some() {
+                secured.insert(op.clone());
+            }
+            operations.push(op);
         }
     }
     // Logging in replaces a session caller's cookie, logging out ends it:
@@ -221,10 +227,15 @@ async fn every_operation_answers_every_caller_as_the_table_says() {
                     .header("upgrade", "websocket")
                     .header("sec-websocket-version", "13")
                     .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-            } else if let Some(body) = &row.body {
-                req = req
-                    .header("content-type", "application/json")
-                    .body(body.replace("{caller}", &CALLERS[i].replace(':', "-")));
+            }
+            // Built before the body goes in: the same request without one.
+            let bare = req.try_clone().unwrap();
+            if let Some(body) = &row.body {
+                if body != WEBSOCKET {
+                    req = req
+                        .header("content-type", "application/json")
+                        .body(body.replace("{caller}", &CALLERS[i].replace(':', "-")));
+                }
             }
             let got = req.send().await.unwrap().status().as_u16();
             if got != row.expected[i] {
@@ -233,6 +244,19 @@ async fn every_operation_answers_every_caller_as_the_table_says() {
                     "{TABLE}:{}: {op} as {}: want {}, got {got}",
                     row.line, CALLERS[i], row.expected[i]
                 );
+            }
+            // A refusal does not depend on the body: without one (so no
+            // media type either) the caller is refused the same way.
+            let refused = matches!(row.expected[i], 401 | 403);
+            if refused && secured.contains(op) && row.body.as_deref().is_some_and(|b| b != WEBSOCKET) {
+                let got = bare.send().await.unwrap().status().as_u16();
+                if got != row.expected[i] {
+                    let _ = writeln!(
+                        wrong,
+                        "{TABLE}:{}: {op} as {} without a body: want {} (refused before the body is read), got {got}",
+                        row.line, CALLERS[i], row.expected[i]
+                    );
+                }
             }
         }
     }
