@@ -411,3 +411,51 @@ fn apply_action(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::AuthSettings;
+    use crate::storage::Store;
+
+    /// Two instances on one store and clock: the lease is exclusive until
+    /// it expires, renewable by its holder, and taken by the other only
+    /// once expired — which is how a crashed holder is replaced.
+    #[tokio::test]
+    async fn the_lease_passes_to_another_instance_only_once_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(&dir.path().join("db.redb")).await.unwrap();
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let settings = AuthSettings {
+            session_ttl: Duration::from_secs(60),
+            api_token_ttl: Duration::from_secs(60),
+            enrollment_token_ttl: Duration::from_secs(3600),
+        };
+        let d = Domain::new(store, clock.clone() as Arc<dyn crate::clock::Clock>, "test".into(), settings);
+        let ttl = Duration::from_secs(15);
+        assert!(d.take_rollout_lease("a", ttl).await.unwrap());
+        assert!(!d.take_rollout_lease("b", ttl).await.unwrap());
+        clock.advance(Duration::from_secs(10));
+        // The holder renews: the expiry moves to 10 s + 15 s.
+        assert!(d.take_rollout_lease("a", ttl).await.unwrap());
+        clock.advance(Duration::from_secs(14));
+        assert!(!d.take_rollout_lease("b", ttl).await.unwrap(), "24 s: a's renewed lease holds");
+        clock.advance(Duration::from_secs(1));
+        assert!(d.take_rollout_lease("b", ttl).await.unwrap(), "25 s: expired, b takes it");
+        assert!(!d.take_rollout_lease("a", ttl).await.unwrap(), "a lost it");
+        let lease = d.store.get::<RolloutLease>(LEASE_KEY).await.unwrap().unwrap().value;
+        assert_eq!(lease.holder, "b");
+        // A graceful stop gives it up at once; releasing someone else's
+        // lease does nothing.
+        d.release_rollout_lease("a").await.unwrap();
+        assert!(!d.take_rollout_lease("a", ttl).await.unwrap());
+        d.release_rollout_lease("b").await.unwrap();
+        assert!(d.take_rollout_lease("a", ttl).await.unwrap());
+    }
+}

@@ -45,6 +45,7 @@ where
     racing_creates_of_one_key_have_one_winner(fresh().await).await;
     a_check_keeps_its_record_against_a_racing_delete(fresh().await).await;
     absent_checks_never_both_commit(fresh().await).await;
+    unknown_outcomes_are_settled_by_re_reading(fresh().await).await;
 }
 
 /// A record holding any JSON value.
@@ -382,6 +383,98 @@ pub async fn commit_is_all_or_nothing(store: Store) {
         (1, probe(1)),
         "a failed commit must not delete records"
     );
+}
+
+/// A commit whose outcome the backend could not learn is settled by
+/// `commit` itself: re-read, and sent again only if it is not there. What
+/// the caller sees is the real outcome: success exactly once for a write
+/// that happened (one version bump, one change event), never its own
+/// write as a conflict; a real conflict is still a conflict.
+pub async fn unknown_outcomes_are_settled_by_re_reading(store: Store) {
+    let witness = |k: &str| Op::put(format!("audit-{k}"), &probe(7), Expect::Absent).unwrap();
+    for applied in [true, false] {
+        let k = format!("u-{applied}");
+        let mut feed = store.subscribe();
+        // Created under a key that must be absent (plus a witness, as the
+        // domain's audit event is).
+        store.lose_outcome_of_commit_touching(Table::Canvas, &k, applied);
+        let v = store
+            .commit(vec![Op::put(&k, &probe(1), Expect::Absent).unwrap(), witness(&k)])
+            .await;
+        assert_eq!(v.unwrap(), vec![1, 1], "create, applied: {applied}");
+        // A versioned update: one bump, not two, and not a conflict.
+        store.lose_outcome_of_commit_touching(Table::Canvas, &k, applied);
+        let v = store
+            .commit(vec![Op::put(&k, &probe(2), Expect::Version(1)).unwrap()])
+            .await;
+        assert_eq!(v.unwrap(), vec![2], "update, applied: {applied}");
+        let got = store.get::<Probe>(&k).await.unwrap().unwrap();
+        assert_eq!((got.version, got.value), (2, probe(2)), "applied: {applied}");
+        // Unconditional writes: idempotent, whatever the first send did.
+        store.lose_outcome_of_commit_touching(Table::Canvas, &k, applied);
+        store
+            .commit(vec![Op::put(&k, &probe(3), Expect::Any).unwrap()])
+            .await
+            .unwrap();
+        assert_eq!(store.get::<Probe>(&k).await.unwrap().unwrap().value, probe(3));
+        // A delete.
+        store.lose_outcome_of_commit_touching(Table::Canvas, &k, applied);
+        let gone = store.get::<Probe>(&k).await.unwrap().unwrap().version;
+        store
+            .commit(vec![Op::delete::<Probe>(&k, Expect::Version(gone))])
+            .await
+            .unwrap();
+        assert!(store.get::<Probe>(&k).await.unwrap().is_none(), "applied: {applied}");
+        // One change event per commit for the record, in order.
+        let sentinel = format!("after-{applied}");
+        store
+            .commit(vec![Op::put(&sentinel, &probe(0), Expect::Absent).unwrap()])
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let c = tokio::time::timeout(std::time::Duration::from_secs(30), feed.recv())
+                .await
+                .expect("a change event")
+                .unwrap();
+            if c.key == sentinel {
+                break;
+            }
+            if c.key == k {
+                seen.push(c.version);
+            }
+        }
+        // Applied or re-sent, each commit happened once.
+        assert_eq!(seen, [Some(1), Some(2), Some(3), None], "applied: {applied}");
+    }
+    // A real conflict stays one: the record moved on before the commit,
+    // which was lost on the way and is then refused when sent again.
+    store
+        .commit(vec![Op::put("moved", &probe(1), Expect::Absent).unwrap()])
+        .await
+        .unwrap();
+    store
+        .commit(vec![Op::put("moved", &probe(2), Expect::Version(1)).unwrap()])
+        .await
+        .unwrap();
+    store.lose_outcome_of_commit_touching(Table::Canvas, "moved", false);
+    let r = store
+        .commit(vec![Op::put("moved", &probe(9), Expect::Version(1)).unwrap()])
+        .await;
+    assert!(
+        matches!(r, Err(StorageError::Conflict { current: Some(2), .. })),
+        "{r:?}"
+    );
+    // A commit with a witness is recognised by it.
+    store.lose_outcome_of_commit_touching(Table::Canvas, "moved", true);
+    let v = store
+        .commit(vec![
+            Op::put("moved", &probe(3), Expect::Version(2)).unwrap(),
+            witness("moved"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(v, vec![3, 1]);
 }
 
 pub async fn injected_failure_applies_nothing(store: Store) {

@@ -22,6 +22,7 @@ mod mongo;
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -357,14 +358,23 @@ struct Inner {
     metrics: Option<Arc<Metrics>>,
 }
 
-/// An armed test fault: the commit it selects fails after `after` of its
-/// operations, as a crash or a lost connection would.
+/// An armed test fault for the commit it selects.
 #[derive(Debug, Clone)]
 struct Fault {
     /// Only a commit with an operation on this record (None: the next
     /// commit, whatever it writes).
     target: Option<(Table, String)>,
-    after: usize,
+    effect: FaultEffect,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FaultEffect {
+    /// Fail after this many of its operations, as a crash or a lost
+    /// connection would: nothing is written.
+    FailAfter(usize),
+    /// Report `OutcomeUnknown`, having committed first (`true`: the answer
+    /// was lost) or not (`false`: the request was).
+    Unknown { applied: bool },
 }
 
 impl Fault {
@@ -409,7 +419,27 @@ pub const FEED_STALE_AFTER: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// Set by this handle's `KillSwitch` (tests): every call through the
+    /// handle and its clones fails from then on.
+    killed: Arc<AtomicBool>,
 }
+
+/// Test hook (`Store::with_kill_switch`): cuts one handle off the store
+/// the way a killed process is cut off.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct KillSwitch(Arc<AtomicBool>);
+
+impl KillSwitch {
+    pub fn kill(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How often a commit whose outcome was unknown is sent again when a
+/// re-read shows it did not apply (each send has the backend's full
+/// deadline).
+const SETTLE_RESENDS: usize = 2;
 
 /// Buffer of the in-process change feed. A subscriber that falls further
 /// behind gets `Lagged` and must resynchronise from the store.
@@ -454,7 +484,35 @@ impl Store {
                 fault: Mutex::new(None),
                 metrics: None,
             }),
+            killed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Test hook: another handle on this store, with a switch that cuts it
+    /// (and its clones) off as a killed process is: after `kill`, every
+    /// read and commit through it fails as unavailable, while the other
+    /// handles carry on. Two in-process instances on one embedded store
+    /// use it to stand for a crash, which a graceful stop (it gives the
+    /// rollout lease up, stores last statuses) is not.
+    #[doc(hidden)]
+    pub fn with_kill_switch(&self) -> (Store, KillSwitch) {
+        let killed = Arc::new(AtomicBool::new(false));
+        (
+            Store {
+                inner: self.inner.clone(),
+                killed: killed.clone(),
+            },
+            KillSwitch(killed),
+        )
+    }
+
+    fn alive(&self) -> Result<(), StorageError> {
+        if self.killed.load(Ordering::SeqCst) {
+            return Err(StorageError::Unavailable(
+                "this store handle was killed (test kill switch)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Attach metrics (storage latency). Call before cloning the store.
@@ -484,17 +542,24 @@ impl Store {
 
     /// Read one record.
     pub async fn get<T: Record>(&self, key: &str) -> Result<Option<Versioned<T>>, StorageError> {
+        let raw = self.get_raw(T::TABLE, key).await?;
+        raw.map(|raw| decode::<T>(key.to_string(), raw)).transpose()
+    }
+
+    async fn get_raw(&self, table: Table, key: &str) -> Result<Option<RawDoc>, StorageError> {
+        self.alive()?;
         let start = Instant::now();
         let raw = match &self.inner.backend {
-            Backend::Embedded(b) => b.get(T::TABLE, key).await?,
-            Backend::Mongo(b) => b.get(T::TABLE, key).await?,
+            Backend::Embedded(b) => b.get(table, key).await?,
+            Backend::Mongo(b) => b.get(table, key).await?,
         };
         self.observe("get", start);
-        raw.map(|raw| decode::<T>(key.to_string(), raw)).transpose()
+        Ok(raw)
     }
 
     /// List records of one table (see `Scan`).
     pub async fn scan<T: Record>(&self, scan: Scan) -> Result<Vec<Versioned<T>>, StorageError> {
+        self.alive()?;
         let start = Instant::now();
         let rows = match &self.inner.backend {
             Backend::Embedded(b) => b.scan(T::TABLE, scan).await?,
@@ -508,20 +573,136 @@ impl Store {
     /// new version of each op's record (0 for deletes and checks); the
     /// changes reach the change feed (embedded: published here; MongoDB:
     /// through the change stream, like changes made by other instances).
+    ///
+    /// A commit whose outcome the backend could not learn (MongoDB: no
+    /// definite answer to `commitTransaction` before the deadline) is
+    /// settled here for every caller, by re-reading (`settle`): callers
+    /// see `OutcomeUnknown` only when even the re-read cannot tell.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<u64>, StorageError> {
+        let fault = self.take_fault(&ops);
+        match self.commit_once(&ops, fault).await {
+            Err(StorageError::OutcomeUnknown(why)) => self.settle(&ops, why).await,
+            other => other,
+        }
+    }
+
+    async fn commit_once(&self, ops: &[Op], fault: Option<FaultEffect>) -> Result<Vec<u64>, StorageError> {
+        self.alive()?;
         let start = Instant::now();
-        let fail_after = self.take_fault(&ops);
+        let fail_after = match fault {
+            Some(FaultEffect::FailAfter(n)) => Some(n),
+            Some(FaultEffect::Unknown { applied: false }) => {
+                return Err(StorageError::OutcomeUnknown("injected: the commit was lost on the way".into()))
+            }
+            Some(FaultEffect::Unknown { applied: true }) | None => None,
+        };
         let versions = match &self.inner.backend {
             Backend::Embedded(b) => {
-                let versions = b.commit(ops.clone(), fail_after).await?;
-                self.publish(&ops, &versions);
+                let versions = b.commit(ops.to_vec(), fail_after).await?;
+                self.publish(ops, &versions);
                 versions
             }
             // Not published here: the change stream reports it, once.
-            Backend::Mongo(b) => b.commit(&ops, fail_after).await?,
+            Backend::Mongo(b) => b.commit(ops, fail_after).await?,
         };
         self.observe("commit", start);
+        if let Some(FaultEffect::Unknown { applied: true }) = fault {
+            return Err(StorageError::OutcomeUnknown("injected: the answer was lost".into()));
+        }
         Ok(versions)
+    }
+
+    /// Settle a commit whose outcome is unknown: re-read what it writes;
+    /// if it applied, that is success; if not, send it again. Sending again
+    /// is safe: a commit with a version or absence precondition applies at
+    /// most once (a second application meets its own first as a conflict,
+    /// which the re-read then recognises), and one made only of
+    /// unconditional writes is idempotent. So the caller gets the real
+    /// outcome — never a failure for a write that is there, nor a conflict
+    /// with its own write.
+    async fn settle(&self, ops: &[Op], mut why: String) -> Result<Vec<u64>, StorageError> {
+        tracing::warn!(reason = %why, ops = ops.len(), "A commit's outcome is unknown; re-reading to settle it.");
+        for _ in 0..SETTLE_RESENDS {
+            match self.applied(ops).await {
+                Ok(Some(versions)) => return Ok(versions),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+            match self.commit_once(ops, None).await {
+                Err(StorageError::OutcomeUnknown(w)) => why = w,
+                Err(conflict @ StorageError::Conflict { .. }) => {
+                    // The first send may have applied after the re-read.
+                    return match self.applied(ops).await {
+                        Ok(Some(versions)) => Ok(versions),
+                        Ok(None) => Err(conflict),
+                        Err(_) => Err(StorageError::OutcomeUnknown(why)),
+                    };
+                }
+                other => return other,
+            }
+        }
+        Err(StorageError::OutcomeUnknown(why))
+    }
+
+    /// Whether `ops` are applied, judged from the store now: `Some` (with
+    /// the versions) when a record it creates under a key that must have
+    /// been absent holds its data (such a key is created once, and a commit
+    /// is all or nothing), or when every record it writes holds its data
+    /// and every record it deletes is gone; `None` otherwise. A commit that
+    /// only checks is never "applied": sending it again costs nothing.
+    async fn applied(&self, ops: &[Op]) -> Result<Option<Vec<u64>>, StorageError> {
+        let mut stored: Vec<Option<RawDoc>> = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (table, key, _) = op.target();
+            stored.push(match op {
+                Op::Check { .. } => None,
+                _ => self.get_raw(table, key).await?,
+            });
+        }
+        let holds = |op: &Op, doc: Option<&RawDoc>| match (op, doc) {
+            (Op::Put { format, data, .. }, Some(d)) => d.format == *format && same_json(&d.data, data),
+            (Op::Put { .. }, None) => false,
+            (Op::Delete { .. }, d) => d.is_none(),
+            (Op::Check { .. }, _) => true,
+        };
+        let witnessed = ops.iter().zip(&stored).any(|(op, d)| {
+            matches!(
+                op,
+                Op::Put {
+                    expect: Expect::Absent,
+                    ..
+                }
+            ) && holds(op, d.as_ref())
+        });
+        let writes = ops.iter().any(|op| !matches!(op, Op::Check { .. }));
+        let all_hold = ops.iter().zip(&stored).all(|(op, d)| holds(op, d.as_ref()));
+        if !(witnessed || (writes && all_hold)) {
+            return Ok(None);
+        }
+        Ok(Some(
+            ops.iter()
+                .zip(&stored)
+                .map(|(op, d)| match (op, d) {
+                    (Op::Put { .. }, Some(d)) if holds(op, Some(d)) => d.version,
+                    // Overwritten since: the version this commit gave it.
+                    (
+                        Op::Put {
+                            expect: Expect::Version(v),
+                            ..
+                        },
+                        _,
+                    ) => v + 1,
+                    (
+                        Op::Put {
+                            expect: Expect::Absent,
+                            ..
+                        },
+                        _,
+                    ) => 1,
+                    _ => 0,
+                })
+                .collect(),
+        ))
     }
 
     /// Publish the changes of a successful commit (embedded backend only).
@@ -552,6 +733,7 @@ impl Store {
 
     /// Whether the store answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StorageError> {
+        self.alive()?;
         match &self.inner.backend {
             Backend::Embedded(b) => b.ping().await,
             Backend::Mongo(b) => b.ping().await,
@@ -566,7 +748,7 @@ impl Store {
     pub fn fail_next_commit_after(&self, ops: usize) {
         self.arm(Fault {
             target: None,
-            after: ops,
+            effect: FaultEffect::FailAfter(ops),
         });
     }
 
@@ -577,23 +759,39 @@ impl Store {
     pub fn fail_commit_touching(&self, table: Table, key: &str, ops: usize) {
         self.arm(Fault {
             target: Some((table, key.to_string())),
-            after: ops,
+            effect: FaultEffect::FailAfter(ops),
+        });
+    }
+
+    /// Test fault point for an unknown outcome: the next commit with an
+    /// operation on `table`/`key` gets `OutcomeUnknown` from the backend,
+    /// as after a failover during `commitTransaction` — having been
+    /// committed (`applied`: the answer was lost) or not (the request
+    /// was). Shows what callers then see (`commit` settles it).
+    #[doc(hidden)]
+    pub fn lose_outcome_of_commit_touching(&self, table: Table, key: &str, applied: bool) {
+        self.arm(Fault {
+            target: Some((table, key.to_string())),
+            effect: FaultEffect::Unknown { applied },
         });
     }
 
     fn arm(&self, fault: Fault) {
         if let Ok(mut f) = self.inner.fault.lock() {
-            *f = (fault.after > 0).then_some(fault);
+            *f = match fault.effect {
+                FaultEffect::FailAfter(0) => None,
+                _ => Some(fault),
+            };
         }
     }
 
-    /// The op index at which this commit must fail, disarming the fault.
-    fn take_fault(&self, ops: &[Op]) -> Option<usize> {
+    /// What this commit must suffer, disarming the fault.
+    fn take_fault(&self, ops: &[Op]) -> Option<FaultEffect> {
         let mut armed = self.inner.fault.lock().ok()?;
         if !armed.as_ref()?.selects(ops) {
             return None;
         }
-        armed.take().map(|f| f.after)
+        armed.take().map(|f| f.effect)
     }
 
     /// Health of the change stream (MongoDB; None for the embedded store,
@@ -653,6 +851,27 @@ fn check(table: Table, key: &str, expect: Expect, current: Option<u64>) -> Resul
             key: key.to_string(),
             current,
         })
+    }
+}
+
+/// Stored JSON equals what was written, allowing for a float's last bit
+/// (a decimal round trip need not give the same `f64`).
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_u64(), y.as_u64(), x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y), _, _) => x == y,
+            (_, _, Some(x), Some(y)) => x == y,
+            _ => match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => x == y || (x - y).abs() <= f64::EPSILON * 4.0 * x.abs().max(y.abs()),
+                _ => false,
+            },
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
     }
 }
 

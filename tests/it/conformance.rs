@@ -697,3 +697,121 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect();
     listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
+
+/// What an API user sees when the store cannot confirm a commit (a
+/// failover during `commitTransaction` on MongoDB), here on the embedded
+/// store with the fault point standing for it: the write is settled by
+/// re-reading, so a create that happened answers 201 (not 500, not a 409
+/// "already exists" against itself), an update answers 200 with one
+/// version bump, an enrollment counts one use — each audited once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_commit_outcome_is_answered_by_re_reading() {
+    use crate::support::{admin, enroll, enrollment_token, start_fresh};
+    use serde_json::{json, Value};
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_fresh(dir.path()).await;
+    let admin = admin(&s.base).await;
+    for applied in [true, false] {
+        let name = format!("ops-{applied}");
+        s.store.lose_outcome_of_commit_touching(Table::Users, &name, applied);
+        let r = admin
+            .post(format!("{}/api/v1/users", s.base))
+            .json(&json!({ "username": name, "password": "a-long-enough-password", "role": "viewer" }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!((status, &body["version"]), (201, &json!(1)), "create, applied: {applied}: {body}");
+
+        s.store.lose_outcome_of_commit_touching(Table::Users, &name, applied);
+        let r = admin
+            .patch(format!("{}/api/v1/users/{name}", s.base))
+            .header("if-match", "\"1\"")
+            .json(&json!({ "role": "editor" }))
+            .send()
+            .await
+            .unwrap();
+        let (status, etag) = (
+            r.status().as_u16(),
+            r.headers().get("etag").map(|v| v.to_str().unwrap().to_string()),
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, etag.as_deref(), &body["role"]),
+            (200, Some("\"2\""), &json!("editor")),
+            "update, applied: {applied}: {body}"
+        );
+        let got: Value = admin
+            .get(format!("{}/api/v1/users/{name}", s.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["version"], 2, "one bump: {got}");
+    }
+    let audit: Value = admin
+        .get(format!("{}/api/v1/audit?limit=100", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut actions: Vec<(String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"].as_str().unwrap_or("").starts_with("ops-"))
+        .map(|e| (e["action"].as_str().unwrap().into(), e["target"].as_str().unwrap().into()))
+        .collect();
+    actions.sort();
+    let want: Vec<(String, String)> = [
+        ("user.create", "ops-false"),
+        ("user.create", "ops-true"),
+        ("user.update", "ops-false"),
+        ("user.update", "ops-true"),
+    ]
+    .iter()
+    .map(|(a, t)| (a.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(actions, want, "each change audited once");
+
+    // An enrollment whose commit was not confirmed: the collector gets its
+    // credential, and the token counts one use.
+    let (token_id, token) = enrollment_token(&s.base, &admin, json!({ "name": "fleet", "max_uses": 2 })).await;
+    s.store
+        .lose_outcome_of_commit_touching(Table::EnrollmentTokens, &token_id, true);
+    let r = enroll(&s.base, &token, None).await;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert!(body["credential"].as_str().is_some_and(|c| !c.is_empty()), "{body}");
+    let tokens: Value = admin
+        .get(format!("{}/api/v1/enrollment-tokens", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let t = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == token_id.as_str())
+        .unwrap();
+    assert_eq!(t["uses"], 1, "{t}");
+    let collectors: Value = admin
+        .get(format!("{}/api/v1/collectors", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(collectors["items"].as_array().unwrap().len(), 1, "{collectors}");
+    s.stop().await;
+}

@@ -243,18 +243,36 @@ pub(super) type Touched = BTreeMap<(Table, String), Touch>;
 /// record's net effect. Pure: the server is only asked for `current` and
 /// then given the writes.
 ///
-/// `Check` with `Present`/`Version` on a record the commit does not write
-/// bumps a hidden counter `l` on it. Snapshot isolation only detects
-/// write-write conflicts, so without that write a check would not stop a
-/// concurrent transaction from deleting or changing the checked record
-/// before we commit (e.g. a status written for a collector that is being
-/// deregistered). `l` never changes `v`, and the change stream ignores such
-/// updates, so a check is still not a change.
+/// A `Check` must hold until the commit commits, but snapshot isolation
+/// only detects write-write conflicts: a check alone would not stop a
+/// concurrent transaction from changing or deleting the checked record
+/// before we commit. Where that matters the checked record gets a hidden
+/// counter bump (`l`, which never changes `v`; the change stream ignores
+/// such updates, so a check is still not a change), and the bump makes
+/// the two commits conflict:
+///
+/// - `Check(Version)`: the commit depends on the record's content, so it
+///   is always bumped.
+/// - `Check(Present)`: the commit depends only on the record still
+///   existing, i.e. on it not being deleted. Every delete of a record that
+///   others check (the collector deregistration cascade) also deletes, in
+///   the same commit, the records that depend on it (status, own
+///   telemetry, commands, assignment), so when our commit updates or
+///   deletes existing records the deleter writes the same documents and
+///   the commits conflict there. Only an insert has no document to
+///   conflict on, so the checked records are bumped only when the commit
+///   inserts. The status writer's and the rollup writer's batches, which
+///   update existing records in steady state, then no longer write 512
+///   collector documents each — which made every concurrent write of any
+///   of those collectors (a label edit, the other writer) conflict with
+///   the whole batch.
 pub(super) fn plan(ops: &[Op], current: &Versions) -> Result<(Vec<u64>, Touched), StorageError> {
     let mut touched = Touched::new();
     // The version each record has after the ops so far (None: absent).
     let mut now: HashMap<(Table, &str), Option<u64>> = HashMap::new();
     let mut versions = Vec::with_capacity(ops.len());
+    // Records checked only for being present (bumped only with an insert).
+    let mut present: Vec<(Table, String)> = Vec::new();
     for op in ops {
         let (table, key, expect) = op.target();
         let stored = current.get(&table).and_then(|t| t.get(key)).copied();
@@ -279,11 +297,32 @@ pub(super) fn plan(ops: &[Op], current: &Versions) -> Result<(Vec<u64>, Touched)
                 versions.push(0);
             }
             Op::Check { .. } => {
-                let guards = cur.is_some() && matches!(expect, Expect::Present | Expect::Version(_));
-                if let Effect::Keep { bump } = &mut touch.effect {
-                    *bump |= guards;
+                if cur.is_some() {
+                    match expect {
+                        Expect::Version(_) => {
+                            if let Effect::Keep { bump } = &mut touch.effect {
+                                *bump = true;
+                            }
+                        }
+                        Expect::Present => present.push((table, key.to_string())),
+                        Expect::Any | Expect::Absent => {}
+                    }
                 }
                 versions.push(0);
+            }
+        }
+    }
+    let inserts = touched
+        .values()
+        .any(|t| t.before.is_none() && matches!(t.effect, Effect::Write(_)));
+    if inserts {
+        for k in present {
+            if let Some(Touch {
+                effect: Effect::Keep { bump },
+                ..
+            }) = touched.get_mut(&k)
+            {
+                *bump = true;
             }
         }
     }
@@ -834,6 +873,54 @@ mod tests {
             writes(&touched).unwrap()[&Table::Canvas].deletes,
             [doc! { "q": { "_id": "x", "v": 1_i64 }, "limit": 1 }]
         );
+    }
+
+    #[test]
+    fn presence_checks_bump_only_when_the_commit_inserts() {
+        // The status writer's batch: each collector must exist, its status
+        // is written. Statuses that exist: updates only, no collector is
+        // written (a deregistration deletes those statuses and conflicts
+        // there).
+        let mut current = versions(&[("s1", 3), ("s2", 7)]);
+        current.insert(Table::Collectors, HashMap::from([("c1".into(), 2), ("c2".into(), 5)]));
+        let batch = |keys: &[(&str, &str)]| -> Vec<Op> {
+            keys.iter()
+                .flat_map(|(c, s)| {
+                    [
+                        Op::Check {
+                            table: Table::Collectors,
+                            key: c.to_string(),
+                            expect: Expect::Present,
+                        },
+                        put(s, Expect::Any),
+                    ]
+                })
+                .collect()
+        };
+        let (_, touched) = plan(&batch(&[("c1", "s1"), ("c2", "s2")]), &current).unwrap();
+        let w = writes(&touched).unwrap();
+        assert!(!w.contains_key(&Table::Collectors), "{w:?}");
+        assert_eq!(w[&Table::Canvas].updates.len(), 2);
+        // A first status has no document a deregistration would write: the
+        // checked collectors are bumped, guarded by the version read.
+        let (_, touched) = plan(&batch(&[("c1", "s1"), ("c2", "new")]), &current).unwrap();
+        let w = writes(&touched).unwrap();
+        let bumps = &w[&Table::Collectors].updates;
+        assert_eq!(bumps.len(), 2);
+        assert_eq!(
+            bumps[0],
+            doc! { "q": { "_id": "c1", "v": 2_i64 }, "u": { "$inc": { "l": 1_i64 } } }
+        );
+        // A version check is bumped whatever else the commit does.
+        let (_, touched) = plan(
+            &[
+                Op::check::<Probe>("s1", Expect::Version(3)),
+                put("s2", Expect::Version(7)),
+            ],
+            &current,
+        )
+        .unwrap();
+        assert_eq!(writes(&touched).unwrap()[&Table::Canvas].updates.len(), 2);
     }
 
     #[test]
