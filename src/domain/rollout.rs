@@ -437,7 +437,12 @@ mod tests {
             api_token_ttl: Duration::from_secs(60),
             enrollment_token_ttl: Duration::from_secs(3600),
         };
-        let d = Domain::new(store, clock.clone() as Arc<dyn crate::clock::Clock>, "test".into(), settings);
+        let d = Domain::new(
+            store,
+            clock.clone() as Arc<dyn crate::clock::Clock>,
+            "test".into(),
+            settings,
+        );
         let ttl = Duration::from_secs(15);
         assert!(d.take_rollout_lease("a", ttl).await.unwrap());
         assert!(!d.take_rollout_lease("b", ttl).await.unwrap());
@@ -445,9 +450,15 @@ mod tests {
         // The holder renews: the expiry moves to 10 s + 15 s.
         assert!(d.take_rollout_lease("a", ttl).await.unwrap());
         clock.advance(Duration::from_secs(14));
-        assert!(!d.take_rollout_lease("b", ttl).await.unwrap(), "24 s: a's renewed lease holds");
+        assert!(
+            !d.take_rollout_lease("b", ttl).await.unwrap(),
+            "24 s: a's renewed lease holds"
+        );
         clock.advance(Duration::from_secs(1));
-        assert!(d.take_rollout_lease("b", ttl).await.unwrap(), "25 s: expired, b takes it");
+        assert!(
+            d.take_rollout_lease("b", ttl).await.unwrap(),
+            "25 s: expired, b takes it"
+        );
         assert!(!d.take_rollout_lease("a", ttl).await.unwrap(), "a lost it");
         let lease = d.store.get::<RolloutLease>(LEASE_KEY).await.unwrap().unwrap().value;
         assert_eq!(lease.holder, "b");

@@ -592,7 +592,9 @@ impl Store {
         let fail_after = match fault {
             Some(FaultEffect::FailAfter(n)) => Some(n),
             Some(FaultEffect::Unknown { applied: false }) => {
-                return Err(StorageError::OutcomeUnknown("injected: the commit was lost on the way".into()))
+                return Err(StorageError::OutcomeUnknown(
+                    "injected: the commit was lost on the way".into(),
+                ))
             }
             Some(FaultEffect::Unknown { applied: true }) | None => None,
         };
@@ -694,8 +696,7 @@ impl Store {
                     ) => v + 1,
                     (
                         Op::Put {
-                            expect: Expect::Absent,
-                            ..
+                            expect: Expect::Absent, ..
                         },
                         _,
                     ) => 1,

@@ -722,7 +722,11 @@ async fn an_unknown_commit_outcome_is_answered_by_re_reading() {
             .unwrap();
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap();
-        assert_eq!((status, &body["version"]), (201, &json!(1)), "create, applied: {applied}: {body}");
+        assert_eq!(
+            (status, &body["version"]),
+            (201, &json!(1)),
+            "create, applied: {applied}: {body}"
+        );
 
         s.store.lose_outcome_of_commit_touching(Table::Users, &name, applied);
         let r = admin
@@ -765,7 +769,12 @@ async fn an_unknown_commit_outcome_is_answered_by_re_reading() {
         .unwrap()
         .iter()
         .filter(|e| e["target"].as_str().unwrap_or("").starts_with("ops-"))
-        .map(|e| (e["action"].as_str().unwrap().into(), e["target"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().into(),
+                e["target"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     actions.sort();
     let want: Vec<(String, String)> = [
