@@ -6,7 +6,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser, newPage, login, screenshot, axeViolations, until, Api, ADMIN_PASSWORD } from "./harness.mjs";
+import { startServer, launchBrowser, newPage, login, adminPage as adminPageOf, checkPage, until, Api } from "./harness.mjs";
 
 let server;
 let browser;
@@ -27,17 +27,7 @@ after(async () => {
   await server?.stop();
 });
 
-async function checkPage(page, name) {
-  assert.deepEqual(await axeViolations(page), [], `accessibility violations on ${name}`);
-  assert.deepEqual(page.problems, [], `script or CSP errors on ${name}`);
-  await screenshot(page, name);
-}
-
-async function adminPage() {
-  const page = await newPage(browser);
-  await login(page, server.base, "admin", ADMIN_PASSWORD);
-  return page;
-}
+const adminPage = () => adminPageOf(browser, server);
 
 /** Create a user through the Users page. */
 async function createUser(page, username, role, password) {

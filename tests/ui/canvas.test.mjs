@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { startServer, launchBrowser, newPage, login, screenshot, axeViolations, until, ADMIN_PASSWORD } from "./harness.mjs";
+import { startServer, launchBrowser, newPage, login, checkPage, until, ADMIN_PASSWORD } from "./harness.mjs";
 
 let server;
 let browser;
@@ -38,10 +38,7 @@ test("the graph is on the page before scripts, and passes axe", async () => {
   await page.goto(`${server.base}/routing`);
   const row = page.getByRole("row").filter({ hasText: "applications" });
   assert.match(await row.textContent(), /3/, "applications matches the 3 prod app collectors");
-  const violations = await axeViolations(page);
-  assert.deepEqual(violations, [], "accessibility violations on the canvas");
-  assert.deepEqual(page.problems, [], "script or CSP errors");
-  await screenshot(page, "routing-canvas");
+  await checkPage(page, "routing-canvas");
   await page.context().close();
 });
 
@@ -58,7 +55,7 @@ test("two pages save the canvas: the second sees the conflict dialog", async () 
   await b.getByRole("button", { name: "Save layout" }).click();
   const dialog = b.getByRole("dialog", { name: "Someone else saved the canvas" });
   await dialog.waitFor();
-  await screenshot(b, "routing-canvas-conflict");
+  await checkPage(b, "routing-canvas-conflict");
   await dialog.getByRole("button", { name: "Review and save again" }).click();
   await dialog.getByText(/node\(s\) placed differently/).waitFor();
   await dialog.getByRole("button", { name: "Save my layout over theirs" }).click();
@@ -83,7 +80,7 @@ test("edit a route, see the impact, publish: the commit is served and the affect
   assert.match(await summary.textContent(), /^2 of 5 collectors would get a new config/);
   await page.getByRole("heading", { name: "TOML diff: routes.toml" }).waitFor();
   await page.getByRole("heading", { name: /Render diff for/ }).waitFor();
-  await screenshot(page, "routing-canvas-preview");
+  await checkPage(page, "routing-canvas-preview");
   await page.getByLabel("Commit message").fill("Dev web hosts run the app pipelines");
   await page.getByRole("button", { name: "Publish" }).click();
   await page.getByText(/is served\. Reload/).waitFor({ timeout: 60000 });

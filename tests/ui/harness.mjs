@@ -182,8 +182,11 @@ log_level = "warn"
       git(repo, "commit", "-q", "-m", message);
       return execFileSync("git", ["rev-parse", "HEAD"], { cwd: repo }).toString().trim();
     },
-    /** Start `count` simulated collectors enrolled with a new token carrying `labels`. */
-    async sim({ count, labels = {}, token, heartbeat = "5s", transport = "grpc" }) {
+    /**
+     * Start `count` simulated collectors enrolled with a new token carrying
+     * `labels`; `extraArgs` go to linkmesh-sim as they are.
+     */
+    async sim({ count, labels = {}, token, heartbeat = "5s", transport = "grpc", extraArgs = [] }) {
       if (!token) {
         const r = await server.admin.post("/api/v1/enrollment-tokens", { name: `sim ${JSON.stringify(labels)}`, labels });
         if (r.status !== 201) throw new Error(`enrollment token: ${r.status} ${r.text}`);
@@ -192,6 +195,7 @@ log_level = "warn"
       const args = ["--server", base, "--grpc", server.grpc, "--transport", transport, "--collectors", String(count),
         "--enrollment-token", token, "--heartbeat", heartbeat, "--push-rounds", "0", "--hold", "24h"];
       for (const [k, v] of Object.entries(labels)) args.push("--label", `${k}=${v}`);
+      args.push(...extraArgs);
       const p = spawn(join(binDir, "linkmesh-sim"), args, { stdio: ["ignore", "pipe", "pipe"] });
       let output = "";
       p.stdout.on("data", (d) => (output += d));
@@ -251,6 +255,13 @@ export async function login(page, base, username, password) {
   await page.getByLabel("User name").fill(username);
   await page.getByLabel("Password").fill(password);
   await Promise.all([page.waitForURL((u) => !u.pathname.startsWith("/login")), page.getByRole("button", { name: "Log in" }).click()]);
+}
+
+/** A new page logged in as the bootstrap admin of `server`. */
+export async function adminPage(browser, server) {
+  const page = await newPage(browser);
+  await login(page, server.base, "admin", ADMIN_PASSWORD);
+  return page;
 }
 
 /** Save target/ui-screenshots/<name>.png. */

@@ -298,6 +298,9 @@ $("#discard-draft")?.addEventListener("click", () => {
 function block(title, text) {
   const h = Object.assign(document.createElement("h3"), { textContent: title });
   const pre = document.createElement("pre");
+  // A diff can scroll: keyboard users must be able to reach it.
+  pre.tabIndex = 0;
+  pre.setAttribute("aria-label", title);
   for (const line of text.split("\n")) {
     const span = document.createElement("span");
     if (line.startsWith("+") && !line.startsWith("+++")) span.className = "diff-add";
