@@ -71,9 +71,10 @@ async fn list_api_tokens(
     Ok(Json(s.domain.list_api_tokens(&a, p.cursor, p.limit).await?))
 }
 
-/// Create an API token acting as you (with your role, as it changes).
+/// Create an API token acting as you with `role` (at most yours; default
+/// yours), never above your current role. A higher role is a 403.
 #[utoipa::path(post, path = "/api/v1/api-tokens", tag = "api-tokens", request_body = NewApiToken,
-    responses((status = 201, body = ApiTokenCreated), (status = 422, body = Problem)), security(("session" = []), ("bearer" = [])))]
+    responses((status = 201, body = ApiTokenCreated), (status = 403, body = Problem), (status = 422, body = Problem)), security(("session" = []), ("bearer" = [])))]
 async fn create_api_token(
     State(s): State<Arc<AppState>>,
     Auth(a): Auth,

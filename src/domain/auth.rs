@@ -32,6 +32,11 @@ pub struct NewApiToken {
     #[serde(default, with = "humantime_serde")]
     #[schema(value_type = Option<String>, example = "30d")]
     pub expires_in: Option<Duration>,
+    /// The most the token may do: `viewer`, `editor` or `admin`, no higher
+    /// than your own role (default: your role). It never acts above its
+    /// owner's current role either.
+    #[serde(default)]
+    pub role: Option<Role>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -39,6 +44,10 @@ pub struct ApiTokenView {
     pub id: String,
     pub name: String,
     pub owner: String,
+    /// The token's role; absent for a token made before tokens had roles
+    /// (it acts with its owner's role).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -56,6 +65,7 @@ fn token_view(t: &ApiToken) -> ApiTokenView {
         id: t.id.clone(),
         name: t.name.clone(),
         owner: t.owner.clone(),
+        role: t.role,
         created_at: t.created_at,
         expires_at: t.expires_at,
     }
@@ -157,10 +167,13 @@ impl Domain {
             return Err(unauth());
         }
         let user = self.active_user(&t.value.owner).await.map_err(|_| unauth())?;
+        // The lower of the two: a token never outgrows its owner, and a
+        // narrow token stays narrow when its owner is promoted.
+        let role = t.value.role.map_or(user.role, |r| r.min(user.role));
         Ok(Actor::ApiToken {
             id: t.value.id,
             owner: user.username,
-            role: user.role,
+            role,
         })
     }
 
@@ -171,13 +184,23 @@ impl Domain {
         }
     }
 
-    /// Any user may create tokens acting as themselves.
+    /// Any user may create tokens acting as themselves, with a role no
+    /// higher than the one they act with now (for a token creating a token:
+    /// that token's role).
     pub async fn create_api_token(&self, actor: &Actor, req: NewApiToken) -> Result<ApiTokenCreated, DomainError> {
-        let owner = actor
-            .username()
-            .ok_or_else(|| DomainError::Forbidden("only users own API tokens".into()))?;
+        let (Some(owner), Some(own_role)) = (actor.username(), actor.role()) else {
+            return Err(DomainError::Forbidden("only users own API tokens".into()));
+        };
         if req.name.trim().is_empty() || req.name.len() > 200 {
             return Err(DomainError::invalid("name", "must be 1-200 characters"));
+        }
+        let role = req.role.unwrap_or(own_role);
+        if role > own_role {
+            return Err(DomainError::Forbidden(format!(
+                "role: an API token's role can be no higher than yours ({}); asked for {}",
+                own_role.as_str(),
+                role.as_str()
+            )));
         }
         let now = self.clock.now();
         let secret = secrets::generate(SecretKind::Api);
@@ -185,6 +208,7 @@ impl Domain {
             id: secret.id.clone(),
             name: req.name.trim().into(),
             owner: owner.into(),
+            role: Some(role),
             secret_hash: secret.hash,
             created_at: now,
             expires_at: now.plus(req.expires_in.unwrap_or(self.settings.api_token_ttl)),
@@ -197,7 +221,7 @@ impl Domain {
                     "api_token.create",
                     &token.id,
                     "ok",
-                    serde_json::json!({ "name": token.name, "expires_at": token.expires_at }),
+                    serde_json::json!({ "name": token.name, "role": role, "expires_at": token.expires_at }),
                 )?,
             ])
             .await?;
@@ -289,5 +313,115 @@ impl Domain {
                 return Ok(removed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::{AuthSettings, NewUser, UserUpdate};
+    use crate::storage::Store;
+
+    const PW: &str = "a-long-enough-password";
+
+    fn token(name: &str, role: Option<Role>) -> NewApiToken {
+        NewApiToken {
+            name: name.into(),
+            expires_in: None,
+            role,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_api_token_acts_with_the_lower_of_its_role_and_its_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(&dir.path().join("db.redb")).await.unwrap();
+        let settings = AuthSettings {
+            session_ttl: Duration::from_secs(3600),
+            api_token_ttl: Duration::from_secs(3600),
+            enrollment_token_ttl: Duration::from_secs(3600),
+        };
+        let d = Domain::new(
+            store,
+            ManualClock::new(Timestamp(1_800_000_000_000)),
+            "test".into(),
+            settings,
+        );
+        let root = Actor::User {
+            name: "root".into(),
+            role: Role::Admin,
+        };
+        d.create_user(
+            &root,
+            NewUser {
+                username: "ed".into(),
+                password: PW.into(),
+                role: Role::Editor,
+            },
+        )
+        .await
+        .unwrap();
+        let ed = Actor::User {
+            name: "ed".into(),
+            role: Role::Editor,
+        };
+
+        // Higher than the creator's role: refused, naming the field, nothing stored.
+        let err = d
+            .create_api_token(&ed, token("too much", Some(Role::Admin)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DomainError::Forbidden(m) if m.starts_with("role:") && m.contains("editor")),
+            "{err}"
+        );
+        assert!(d.list_api_tokens(&root, None, None).await.unwrap().items.is_empty());
+
+        // Default: the creator's role, stored as such.
+        let default = d.create_api_token(&ed, token("ci", None)).await.unwrap();
+        assert_eq!(default.view.role, Some(Role::Editor));
+        let narrow = d.create_api_token(&ed, token("dashboards", Some(Role::Viewer))).await.unwrap();
+        let acting = d.authenticate_api_token(&narrow.token).await.unwrap();
+        assert_eq!(acting.role(), Some(Role::Viewer));
+        // A viewer token cannot mint an editor token.
+        assert!(matches!(
+            d.create_api_token(&acting, token("escalate", Some(Role::Editor))).await,
+            Err(DomainError::Forbidden(_))
+        ));
+
+        // Promoting the owner does not widen a narrow token; demoting narrows every token.
+        let v = d.get_user(&root, "ed").await.unwrap().version;
+        let v = d
+            .update_user(
+                &root,
+                "ed",
+                UserUpdate {
+                    role: Some(Role::Admin),
+                    password: None,
+                    disabled: None,
+                    version: Some(v),
+                },
+            )
+            .await
+            .unwrap()
+            .version;
+        assert_eq!(d.authenticate_api_token(&narrow.token).await.unwrap().role(), Some(Role::Viewer));
+        assert_eq!(d.authenticate_api_token(&default.token).await.unwrap().role(), Some(Role::Editor));
+        d.update_user(
+            &root,
+            "ed",
+            UserUpdate {
+                role: Some(Role::Viewer),
+                password: None,
+                disabled: None,
+                version: Some(v),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(d.authenticate_api_token(&default.token).await.unwrap().role(), Some(Role::Viewer));
     }
 }

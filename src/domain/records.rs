@@ -275,6 +275,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The name used in the API, config and pages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 /// A UI/API user. Keyed by user name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
@@ -294,12 +305,18 @@ impl Record for User {
     const TABLE: Table = Table::Users;
 }
 
-/// An API token. It acts as its owner, with the owner's current role.
+/// An API token. It acts as its owner, with `role` or the owner's current
+/// role, whichever is lower (a demoted owner's tokens are demoted at once).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiToken {
     pub id: String,
     pub name: String,
     pub owner: String,
+    /// The most this token may do, chosen at creation (no higher than the
+    /// creator's role then). Absent on tokens made before roles existed:
+    /// those act with the owner's current role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     pub secret_hash: String,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,

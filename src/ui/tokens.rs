@@ -18,7 +18,8 @@ use super::assets;
 use super::layout::{encode_query, render, Layout, UiError, Viewer};
 use super::view::TimeView;
 use crate::api::AppState;
-use crate::domain::{ApiTokenView, DomainError, EnrollmentTokenView, Labels, NewApiToken};
+use super::users::{parse_role, ROLES};
+use crate::domain::{ApiTokenView, DomainError, EnrollmentTokenView, Labels, NewApiToken, Role};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -119,6 +120,8 @@ async fn enrollment_revoke(
 
 struct ApiRow {
     t: ApiTokenView,
+    /// Its role, or "owner's role" for a token made before tokens had one.
+    role: &'static str,
     created: TimeView,
     expires: TimeView,
     expired: bool,
@@ -130,6 +133,20 @@ struct ApiForm {
     name: String,
     #[serde(default)]
     expires_in: String,
+    /// `viewer`, `editor` or `admin`; the form offers up to the user's own.
+    #[serde(default)]
+    role: String,
+}
+
+impl ApiForm {
+    /// An empty form: 30 days, the user's own role.
+    fn fresh(role: Role) -> Self {
+        ApiForm {
+            name: String::new(),
+            expires_in: "30d".into(),
+            role: role.as_str().into(),
+        }
+    }
 }
 
 #[derive(askama::Template)]
@@ -148,6 +165,14 @@ struct ApiPage {
 }
 
 impl ApiPage {
+    /// The roles a token of this user may have: up to the user's own.
+    fn roles(&self) -> Vec<&'static str> {
+        ROLES
+            .iter()
+            .filter(|r| **r <= self.layout.role)
+            .map(|r| r.as_str())
+            .collect()
+    }
     fn error_for(&self, field: &str) -> Option<&str> {
         self.error
             .as_ref()
@@ -164,6 +189,7 @@ async fn api_page(s: &AppState, v: &Viewer, cursor: Option<String>, form: ApiFor
         .items
         .into_iter()
         .map(|t| ApiRow {
+            role: t.role.map_or("owner's role", Role::as_str),
             created: TimeView::new(t.created_at),
             expires: TimeView::new(t.expires_at),
             expired: now >= t.expires_at,
@@ -187,16 +213,7 @@ async fn api_page(s: &AppState, v: &Viewer, cursor: Option<String>, form: ApiFor
 }
 
 async fn api_list(State(s): State<Arc<AppState>>, v: Viewer, Query(q): Query<ListQuery>) -> Result<Response, UiError> {
-    let mut p = api_page(
-        &s,
-        &v,
-        q.cursor,
-        ApiForm {
-            name: String::new(),
-            expires_in: "30d".into(),
-        },
-    )
-    .await?;
+    let mut p = api_page(&s, &v, q.cursor, ApiForm::fresh(v.role)).await?;
     p.notice = q
         .revoked
         .map(|id| format!("API token {id} is revoked: requests with it are refused from now on."));
@@ -204,30 +221,33 @@ async fn api_list(State(s): State<Arc<AppState>>, v: Viewer, Query(q): Query<Lis
 }
 
 async fn api_create(State(s): State<Arc<AppState>>, v: Viewer, Form(form): Form<ApiForm>) -> Result<Response, UiError> {
-    let req = parse_lifetime("expires_in", &form.expires_in).map(|expires_in| NewApiToken {
-        name: form.name.clone(),
-        expires_in,
-    });
+    // No role in the form (a scripted POST): the user's own, as in the API.
+    let role = match form.role.trim() {
+        "" => Ok(None),
+        r => parse_role(r).map(Some),
+    };
+    let req = match (parse_lifetime("expires_in", &form.expires_in), role) {
+        (Err(fe), _) => Err((fe.field, fe.message)),
+        (_, Err(_)) => Err(("role", "choose viewer, editor or admin".to_string())),
+        (Ok(expires_in), Ok(role)) => Ok(NewApiToken {
+            name: form.name.clone(),
+            expires_in,
+            role,
+        }),
+    };
     let outcome = match req {
-        Err(fe) => Err((fe.field, fe.message)),
+        Err(e) => Err(e),
         Ok(req) => match s.domain.create_api_token(&v.actor, req).await {
             Ok(c) => Ok(c),
             Err(DomainError::Invalid { message, .. }) => Err(("name", message)),
+            // A role above the user's own is refused by the domain (the
+            // form never offers one); the page answers 403 like the API.
             Err(e) => return Err(e.into()),
         },
     };
     match outcome {
         Ok(created) => {
-            let mut p = api_page(
-                &s,
-                &v,
-                None,
-                ApiForm {
-                    name: String::new(),
-                    expires_in: "30d".into(),
-                },
-            )
-            .await?;
+            let mut p = api_page(&s, &v, None, ApiForm::fresh(v.role)).await?;
             p.created = Some((created.view.name, created.token));
             let mut resp = render(&p)?.into_response();
             // The secret must not come back from a cache or the back button.

@@ -28,15 +28,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/settings/users/{name}", get(edit).post(save))
 }
 
-pub fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Viewer => "viewer",
-        Role::Editor => "editor",
-        Role::Admin => "admin",
-    }
-}
-
-const ROLES: [Role; 3] = [Role::Viewer, Role::Editor, Role::Admin];
+pub const ROLES: [Role; 3] = [Role::Viewer, Role::Editor, Role::Admin];
 
 /// A user as the pages show it.
 struct Row {
@@ -50,7 +42,7 @@ struct Row {
 impl Row {
     fn of(u: UserView) -> Self {
         Row {
-            role: role_name(u.role),
+            role: u.role.as_str(),
             created: TimeView::new(u.created_at),
             updated: TimeView::new(u.updated_at),
             password_changed: u.password_changed_at.map(TimeView::new),
@@ -82,7 +74,7 @@ struct ListPage {
 
 impl ListPage {
     fn role_name(&self, r: &Role) -> &'static str {
-        role_name(*r)
+        r.as_str()
     }
 }
 
@@ -141,10 +133,10 @@ struct CreateForm {
     password: String,
 }
 
-fn parse_role(s: &str) -> Result<Role, DomainError> {
+pub(super) fn parse_role(s: &str) -> Result<Role, DomainError> {
     ROLES
         .into_iter()
-        .find(|r| role_name(*r) == s)
+        .find(|r| r.as_str() == s)
         .ok_or_else(|| DomainError::invalid("role", "choose viewer, editor or admin"))
 }
 
@@ -209,7 +201,7 @@ struct EditPage {
 
 impl EditPage {
     fn role_name(&self, r: &Role) -> &'static str {
-        role_name(*r)
+        r.as_str()
     }
     /// The role the select shows: the admin's pending choice, else the stored one.
     fn selected(&self, r: &Role) -> bool {
@@ -251,7 +243,7 @@ async fn edit(
 ) -> Result<Html<String>, UiError> {
     let u = s.domain.get_user(&v.actor, &name).await?;
     let notice = p.saved.map(|what| match what.as_str() {
-        "role" => format!("Role saved: {} is now {}.", u.username, role_name(u.role)),
+        "role" => format!("Role saved: {} is now {}.", u.username, u.role.as_str()),
         "access" if u.disabled => format!(
             "{} is disabled: their sessions and API tokens stopped working.",
             u.username
@@ -284,8 +276,8 @@ struct EditForm {
 /// What differs between what the admin loaded and the stored user now.
 fn changes_since(f: &EditForm, cur: &UserView) -> Vec<String> {
     let mut out = Vec::new();
-    if f.loaded_role != role_name(cur.role) {
-        out.push(format!("role {} → {}", f.loaded_role, role_name(cur.role)));
+    if f.loaded_role != cur.role.as_str() {
+        out.push(format!("role {} → {}", f.loaded_role, cur.role.as_str()));
     }
     let was_disabled = f.loaded_disabled == "true";
     if was_disabled != cur.disabled {

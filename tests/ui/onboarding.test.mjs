@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { join } from "node:path";
-import { startServer, launchBrowser, newPage, login, checkPage, until, ADMIN_PASSWORD, binDir } from "./harness.mjs";
+import { startServer, launchBrowser, newPage, login, checkPage, until, Api, ADMIN_PASSWORD, binDir } from "./harness.mjs";
 
 let server;
 let browser;
@@ -235,5 +235,54 @@ test("API tokens: created with the secret shown once, usable, then revoked", asy
   assert.match(await page.getByRole("status").textContent(), /is revoked/);
   assert.equal(await page.locator("#api-tokens tr", { hasText: "ci deploy" }).count(), 0);
   assert.equal(await bearer(secret), 401, "the revoked token is refused");
+  await page.context().close();
+});
+
+test("API tokens: a token gets a role no higher than its creator's, and acts with it", async () => {
+  const u = await server.admin.post("/api/v1/users", { username: "eddie", password: "eddie-password-long", role: "editor" });
+  assert.equal(u.status, 201, u.text);
+  const page = await newPage(browser);
+  await login(page, server.base, "eddie", "eddie-password-long");
+  await page.goto(`${server.base}/settings/api-tokens`);
+  const role = page.getByLabel("Role");
+  assert.deepEqual(await role.locator("option").allTextContents(), ["viewer", "editor"], "an editor is offered up to editor");
+  assert.equal(await role.inputValue(), "editor", "the creator's own role by default");
+  await page.getByLabel("Name").fill("dashboards");
+  await role.selectOption("viewer");
+  await page.getByRole("button", { name: "Create API token" }).click();
+  await page.getByRole("heading", { name: "API token “dashboards” created" }).waitFor();
+  const secret = (await page.locator("#secret").textContent()).trim();
+  assert.equal((await page.locator("#api-tokens tr", { hasText: "dashboards" }).locator(".token-role").textContent()).trim(), "viewer");
+  await checkPage(page, "api-tokens-roles");
+
+  // The viewer token reads but cannot change the fleet, though its owner can.
+  const call = (method, path, body) =>
+    fetch(`${server.base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${secret}`, "content-type": "application/json" },
+      body: body && JSON.stringify(body),
+    }).then((r) => r.status);
+  assert.equal(await call("GET", "/api/v1/fleet/summary"), 200);
+  assert.equal(await call("POST", "/api/v1/enrollment-tokens", { name: "from a viewer token" }), 403);
+  // Nor can it make itself a wider token.
+  assert.equal(await call("POST", "/api/v1/api-tokens", { name: "wider", role: "editor" }), 403);
+
+  // Above the creator's role: refused by the server, whatever the form offers.
+  const forged = await page.evaluate(async () => {
+    const r = await fetch("/settings/api-tokens", {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ name: "escalate", expires_in: "1d", role: "admin" }),
+    });
+    return { status: r.status, text: await r.text() };
+  });
+  assert.equal(forged.status, 403);
+  assert.match(forged.text, /role: an API token.{1,6}s role can be no higher than yours \(editor\)/);
+  const api = await Api.login(server.base, "eddie", "eddie-password-long");
+  const r = await api.post("/api/v1/api-tokens", { name: "escalate", role: "admin" });
+  assert.equal(r.status, 403);
+  assert.match(r.json.detail, /role: .*no higher than yours \(editor\)/);
+  const mine = (await server.admin.get("/api/v1/api-tokens")).items.filter((t) => t.owner === "eddie");
+  assert.deepEqual(mine.map((t) => [t.name, t.role]), [["dashboards", "viewer"]], "only the allowed token exists");
   await page.context().close();
 });
