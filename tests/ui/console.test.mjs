@@ -291,3 +291,38 @@ test("the config page previews a render for a label set and counts the collector
   assert.match(await page.locator("#preview-error").textContent(), /No route matches/);
   await page.context().close();
 });
+
+test("a collector lacking a component the fleet config uses shows incompatible, naming it, in the table and on its page", async () => {
+  // The real sim binary reports these AvailableComponents: no hostmetrics
+  // receiver, which the linux-hosts route's host-metrics pipeline needs.
+  await server.sim({
+    count: 1,
+    labels: { env: "dev", os: "linux", team: "compat" },
+    extraArgs: ["--available-components", "receivers=otlp;processors=memory_limiter,resourcedetection,batch;exporters=otlp,otlphttp"],
+  });
+  const page = await newPage(browser);
+  await login(page, server.base, "admin", ADMIN_PASSWORD);
+  const url = `${server.base}/collectors?selector=${encodeURIComponent("team=compat")}&config_status=incompatible`;
+  const row = page.locator("#collectors tbody tr");
+  await until("the collector listed as incompatible", async () => {
+    await page.goto(url);
+    return (await row.count()) === 1;
+  });
+  const text = await row.textContent();
+  assert.match(text, /incompatible/);
+  assert.match(text, /receivers\/hostmetrics/, "the table names the missing component");
+  await checkPage(page, "collectors-incompatible");
+
+  await row.getByRole("link").first().click();
+  await page.getByRole("heading", { level: 1 }).waitFor();
+  assert.equal((await page.locator("#config-status").textContent()).trim(), "incompatible");
+  const detail = page.getByRole("row").filter({ hasText: "Config error" });
+  assert.match(await detail.textContent(), /receivers\/hostmetrics/, "the detail page names the missing component");
+  // Nothing was pushed to it: the API agrees with the pages.
+  const id = new URL(page.url()).pathname.split("/").pop();
+  const c = await server.admin.get(`/api/v1/collectors/${id}`);
+  assert.equal(c.config_status, "incompatible");
+  assert.match(c.config_error, /receivers\/hostmetrics/);
+  await checkPage(page, "collector-incompatible");
+  await page.context().close();
+});
