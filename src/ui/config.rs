@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::collectors::parse_labels;
 use super::layout::{render, Layout, UiError, Viewer};
 use super::overview::{config_state, ConfigState};
+use super::rollouts::{current_summary, RolloutSummary};
 use crate::api::AppState;
 use crate::configstore::{Rendered, Resources, Snapshot};
 use crate::domain::Labels;
@@ -51,6 +52,8 @@ struct ConfigPage {
     fleet_size: usize,
     labels: String,
     preview: Option<Preview>,
+    /// The current staged rollout, linked to the Rollouts page.
+    rollout: Option<RolloutSummary>,
 }
 
 /// Routes in the order the renderer applies them: priority, highest
@@ -133,6 +136,7 @@ async fn page(State(s): State<Arc<AppState>>, v: Viewer, Query(q): Query<Preview
         fleet_size: live.summary.total as usize,
         labels: q.labels.unwrap_or_default(),
         preview,
+        rollout: current_summary(&s, &v).await?,
     };
     Ok((status, render(&page)?).into_response())
 }

@@ -40,6 +40,7 @@ pub const NAV: &[NavItem] = &[
     nav("collectors", "Collectors", "/collectors", ""),
     nav("config", "Config", "/config", ""),
     nav("routing", "Routing", "/routing", ""),
+    nav("rollouts", "Rollouts", "/rollouts", ""),
     nav("add", "Add collector", "/add-collector", ""),
     nav(
         "enrollment",
@@ -73,11 +74,7 @@ impl Layout {
         self.role >= Role::Admin
     }
     pub fn role_name(&self) -> &'static str {
-        match self.role {
-            Role::Viewer => "viewer",
-            Role::Editor => "editor",
-            Role::Admin => "admin",
-        }
+        self.role.as_str()
     }
     pub fn css(&self) -> String {
         assets::url("app.css")

@@ -34,6 +34,7 @@ mod health;
 pub mod layout;
 pub mod live;
 mod overview;
+mod rollouts;
 mod session;
 mod tokens;
 mod users;
@@ -54,6 +55,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .merge(collectors::routes())
         .merge(config::routes())
         .merge(canvas::routes())
+        .merge(rollouts::routes())
         .merge(addcollector::routes())
         .merge(tokens::routes())
         .merge(users::routes())

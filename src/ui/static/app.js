@@ -68,12 +68,43 @@ function copyButtons() {
   }
 }
 
-// <form data-confirm="Deregister collector x?">: ask before submitting.
+// <form data-confirm="Deregister collector x?">, or a submit button with
+// its own data-confirm: ask before submitting. Delegated, so forms that a
+// refresh (below) puts in the page are covered too.
 function confirmations() {
-  for (const f of document.querySelectorAll("form[data-confirm]")) {
-    f.addEventListener("submit", (ev) => {
-      if (!window.confirm(f.getAttribute("data-confirm"))) ev.preventDefault();
-    });
+  document.addEventListener("submit", (ev) => {
+    const f = ev.target;
+    const q = ev.submitter?.getAttribute("data-confirm") ?? f.getAttribute("data-confirm");
+    if (q && !window.confirm(q)) ev.preventDefault();
+  });
+}
+
+// <div data-refresh="/x/live">: every 2 s while the page is visible, fetch
+// that server-rendered fragment and swap it in when it changed. Not while
+// the user is in a control inside it (a half-typed reason, a focused
+// button): the swap waits until focus leaves.
+const REFRESH_MS = 2000;
+function refreshers() {
+  for (const el of document.querySelectorAll("[data-refresh]")) {
+    const url = el.getAttribute("data-refresh");
+    let last = null;
+    const tick = async () => {
+      if (!document.hidden && !el.contains(document.activeElement)) {
+        try {
+          const r = await fetch(url, { credentials: "same-origin" });
+          // Redirected to the login page: the session ended; stop.
+          if (r.redirected || !r.ok) return;
+          const html = await r.text();
+          if (html !== last && !el.contains(document.activeElement)) {
+            el.innerHTML = html;
+            localTimes(el);
+            last = html;
+          }
+        } catch {}
+      }
+      setTimeout(tick, REFRESH_MS);
+    };
+    setTimeout(tick, REFRESH_MS);
   }
 }
 
@@ -83,6 +114,7 @@ function start() {
   live();
   copyButtons();
   confirmations();
+  refreshers();
   document.documentElement.dataset.ready = "1";
 }
 
