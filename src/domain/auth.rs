@@ -383,7 +383,10 @@ mod tests {
         // Default: the creator's role, stored as such.
         let default = d.create_api_token(&ed, token("ci", None)).await.unwrap();
         assert_eq!(default.view.role, Some(Role::Editor));
-        let narrow = d.create_api_token(&ed, token("dashboards", Some(Role::Viewer))).await.unwrap();
+        let narrow = d
+            .create_api_token(&ed, token("dashboards", Some(Role::Viewer)))
+            .await
+            .unwrap();
         let acting = d.authenticate_api_token(&narrow.token).await.unwrap();
         assert_eq!(acting.role(), Some(Role::Viewer));
         // A viewer token cannot mint an editor token.
@@ -408,8 +411,14 @@ mod tests {
             .await
             .unwrap()
             .version;
-        assert_eq!(d.authenticate_api_token(&narrow.token).await.unwrap().role(), Some(Role::Viewer));
-        assert_eq!(d.authenticate_api_token(&default.token).await.unwrap().role(), Some(Role::Editor));
+        assert_eq!(
+            d.authenticate_api_token(&narrow.token).await.unwrap().role(),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            d.authenticate_api_token(&default.token).await.unwrap().role(),
+            Some(Role::Editor)
+        );
         d.update_user(
             &root,
             "ed",
@@ -422,6 +431,9 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(d.authenticate_api_token(&default.token).await.unwrap().role(), Some(Role::Viewer));
+        assert_eq!(
+            d.authenticate_api_token(&default.token).await.unwrap().role(),
+            Some(Role::Viewer)
+        );
     }
 }

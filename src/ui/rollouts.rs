@@ -155,10 +155,7 @@ fn gates_text(p: Option<&RolloutPolicy>) -> String {
         parts.push("stay healthy".into());
     }
     if let Some(m) = g.max_send_failure_increase {
-        parts.push(format!(
-            "failed exporter sends rise by at most {:.1} points",
-            m * 100.0
-        ));
+        parts.push(format!("failed exporter sends rise by at most {:.1} points", m * 100.0));
     }
     parts.join("; ")
 }
@@ -208,10 +205,14 @@ fn wave_rows(r: &Rollout) -> Vec<WaveRow> {
                 passed: w.passed_at.map(TimeView::new),
                 bake_ends,
                 promoted: w.promoted,
-                failure: w
-                    .failure
-                    .as_ref()
-                    .map(|f| (f.gate.clone(), f.message.clone(), f.collectors.clone(), TimeView::new(f.at))),
+                failure: w.failure.as_ref().map(|f| {
+                    (
+                        f.gate.clone(),
+                        f.message.clone(),
+                        f.collectors.clone(),
+                        TimeView::new(f.at),
+                    )
+                }),
             }
         })
         .collect()
@@ -322,12 +323,7 @@ pub async fn current_summary(s: &AppState, v: &Viewer) -> Result<Option<RolloutS
         state: r.state.as_str(),
         commit: short_commit(&r.commit),
         wave: match r.waves.get(r.wave) {
-            Some(w) if r.state.is_active() => format!(
-                "wave {}, {} of {}",
-                w.name,
-                r.wave + 1,
-                r.waves.len()
-            ),
+            Some(w) if r.state.is_active() => format!("wave {}, {} of {}", w.name, r.wave + 1, r.waves.len()),
             _ => String::new(),
         },
     }))

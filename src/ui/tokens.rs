@@ -16,9 +16,9 @@ use serde::Deserialize;
 use super::addcollector::parse_lifetime;
 use super::assets;
 use super::layout::{encode_query, render, Layout, UiError, Viewer};
+use super::users::{parse_role, ROLES};
 use super::view::TimeView;
 use crate::api::AppState;
-use super::users::{parse_role, ROLES};
 use crate::domain::{ApiTokenView, DomainError, EnrollmentTokenView, Labels, NewApiToken, Role};
 
 pub fn routes() -> Router<Arc<AppState>> {
