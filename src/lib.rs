@@ -230,6 +230,10 @@ async fn serve(
         None => None,
     };
     let own_telemetry = owntelemetry::OwnTelemetry::new(domain.clone(), instance.clone(), metrics.clone());
+    // One enrollment budget per address for the API and the collector transports.
+    let enroll_limit = Arc::new(api::ratelimit::RateLimiter::per_minute(
+        config.auth.enroll_attempts_per_minute,
+    ));
     let state = Arc::new(api::AppState {
         domain: domain.clone(),
         fleet: fleet.clone(),
@@ -243,7 +247,7 @@ async fn serve(
         config_store: config_store.clone(),
         limits: api::ratelimit::Limits {
             login: api::ratelimit::RateLimiter::per_minute(config.auth.login_attempts_per_minute),
-            enroll: api::ratelimit::RateLimiter::per_minute(config.auth.enroll_attempts_per_minute),
+            enroll: enroll_limit.clone(),
             trusted_proxies: config.server.trusted_proxies.clone().into(),
         },
         own_telemetry: own_telemetry.clone(),
@@ -281,7 +285,14 @@ async fn serve(
                 .into_future(),
         ),
     };
-    let grpc_service = transport::grpc::service(fleet.clone(), config.server.max_request_bytes);
+    let grpc_service = transport::grpc::service(
+        fleet.clone(),
+        config.server.max_request_bytes,
+        transport::FirstContactLimit {
+            limiter: enroll_limit,
+            trusted_proxies: config.server.trusted_proxies.clone().into(),
+        },
+    );
     let grpc_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)

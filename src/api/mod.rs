@@ -119,6 +119,10 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(crate::transport::routes(crate::transport::OpampState {
             fleet: state.fleet.clone(),
             max_request_bytes: state.max_request_bytes,
+            first_contact: crate::transport::FirstContactLimit {
+                limiter: state.limits.enroll.clone(),
+                trusted_proxies: state.limits.trusted_proxies.clone(),
+            },
         }))
         .merge(crate::owntelemetry::routes())
         .routes(routes!(openapi_json))

@@ -126,26 +126,50 @@ impl RateLimiter {
     }
 }
 
+impl RateLimited {
+    /// Whole seconds to wait, rounded up (at least 1): retrying at the
+    /// advertised time succeeds.
+    pub fn retry_after_secs(&self) -> u64 {
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        secs.max(1)
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "too many attempts from your address; retry in {} s",
+            self.retry_after_secs()
+        )
+    }
+}
+
 impl IntoResponse for RateLimited {
     fn into_response(self) -> Response {
-        // Whole seconds, rounded up: retrying at the advertised time succeeds.
-        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
-        let secs = secs.max(1);
-        let mut resp = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            format!("too many attempts from your address; retry in {secs} s"),
-        )
-        .into_response();
+        let secs = self.retry_after_secs();
+        let mut resp = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", self.message()).into_response();
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         resp
+    }
+}
+
+/// The same refusal over gRPC: `RESOURCE_EXHAUSTED`, the wait in the
+/// message and in `retry-after` metadata (seconds, as the HTTP header).
+impl From<RateLimited> for tonic::Status {
+    fn from(r: RateLimited) -> Self {
+        let mut status = tonic::Status::resource_exhausted(r.message());
+        status
+            .metadata_mut()
+            .insert("retry-after", tonic::metadata::MetadataValue::from(r.retry_after_secs()));
+        status
     }
 }
 
 /// The limiters of one instance and how it finds a client's address.
 pub struct Limits {
     pub login: RateLimiter,
-    pub enroll: RateLimiter,
+    /// Refused enrollments: `POST /api/v1/enroll`, gRPC `Enroll` and first
+    /// contact over OpAMP share it (`crate::transport::FirstContactLimit`),
+    /// so one budget per address whichever way it tries.
+    pub enroll: Arc<RateLimiter>,
     pub trusted_proxies: Arc<[IpNet]>,
 }
 
@@ -199,6 +223,19 @@ impl FromRequestParts<Arc<AppState>> for ClientAddr {
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0 .0.ip());
         Ok(ClientAddr::resolve(peer, &parts.headers, &state.limits.trusted_proxies))
+    }
+}
+
+/// The TCP peer's address, when the server was started with connect info
+/// (for handlers whose state is not the API's: the OpAMP transports).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerAddr(parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0 .0.ip())))
     }
 }
 

@@ -5,10 +5,11 @@
 //! It must not open sessions or parse transport headers (the transports hand
 //! over the bearer token, `crate::transport::bearer`).
 
+use super::registry::{Push, SharedCtx};
 use super::{Fleet, FleetError};
 use crate::domain::credentials::ACCEPTS_OPAMP_CONNECTION_SETTINGS;
 use crate::domain::secrets::{self, SecretKind};
-use crate::domain::{Collector, DomainError};
+use crate::domain::{Collector, DomainError, EnrollmentToken};
 use crate::proto::opamp_msgs as pb;
 use crate::storage::Versioned;
 
@@ -21,6 +22,9 @@ pub struct Authenticated {
     /// The agent's uid was empty or malformed: the server picked one, and
     /// the first reply carries it (`AgentIdentification`).
     pub uid_assigned: bool,
+    /// The enrollment token it connects with (the token path): revoking
+    /// that token closes the session.
+    pub enrollment_token: Option<String>,
 }
 
 /// What a connecting agent presented, before its first message. Lives only
@@ -77,6 +81,7 @@ impl Fleet {
                 collector,
                 credential_id: String::new(),
                 uid_assigned: false,
+                enrollment_token: None,
             })),
             None => Err(self
                 .refuse_cert(&cert_id, "client certificate names no enrolled collector")
@@ -128,6 +133,7 @@ impl Fleet {
             collector,
             credential_id,
             uid_assigned: false,
+            enrollment_token: None,
         }))
     }
 
@@ -139,10 +145,7 @@ impl Fleet {
             Presented::Collector(auth) => return Ok(auth),
             Presented::EnrollmentToken(token) => token,
         };
-        let uid = <[u8; 16]>::try_from(first.instance_uid.as_slice())
-            .ok()
-            .filter(|b| b.iter().any(|x| *x != 0))
-            .map(|b| uuid::Uuid::from_bytes(b).hyphenated().to_string());
+        let uid = super::session::valid_uid(first);
         let accepts = first.capabilities & ACCEPTS_OPAMP_CONNECTION_SETTINGS != 0;
         let name = first.agent_description.as_ref().and_then(|d| {
             d.non_identifying_attributes
@@ -159,6 +162,57 @@ impl Fleet {
             collector: contact.collector,
             credential_id: String::new(),
             uid_assigned: contact.assigned_uid,
+            enrollment_token: Some(contact.token_id),
         })
     }
+
+    /// An enrollment token changed, on any instance (a use counted, or it
+    /// was revoked). Revoked: the sessions still on its path (agents that
+    /// never switched to their own credential) are told so and closed;
+    /// collectors on their own credential are not affected. One read per
+    /// change, and the sessions are looked through only on a revocation,
+    /// which happens once per token (every enrollment changes the token).
+    pub(super) async fn token_changed(&self, token_id: &str) {
+        let revoked = match self.inner.domain.store().get::<EnrollmentToken>(token_id).await {
+            Ok(Some(t)) => t.value.revoked_at.is_some(),
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, token_id, "Could not read a changed enrollment token; its sessions stay open until they next report.");
+                return;
+            }
+        };
+        if !revoked {
+            return;
+        }
+        let holders: Vec<(String, SharedCtx, Push)> = self
+            .inner
+            .sessions
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.enrollment_token.as_deref() == Some(token_id))
+            .map(|(k, e)| (k.clone(), e.ctx.clone(), e.push.clone()))
+            .collect();
+        for (id, ctx, push) in holders {
+            // Streams are told why before they close (OpAMP error
+            // response); an HTTP agent hears it on its next poll, refused.
+            // Never wait for room: a stuck agent must not stall the feed.
+            if let Some(push) = push {
+                let uid = ctx.lock().await.agent.uid.to_vec();
+                let _ = push.try_send(pb::ServerToAgent {
+                    instance_uid: uid,
+                    error_response: Some(pb::ServerErrorResponse {
+                        r#type: pb::ServerErrorResponseType::BadRequest as i32,
+                        error_message: TOKEN_REVOKED.into(),
+                        details: None,
+                    }),
+                    ..Default::default()
+                });
+            }
+            self.kick(&id, "its enrollment token was revoked");
+        }
+    }
 }
+
+/// What an agent on a revoked token's path is told.
+const TOKEN_REVOKED: &str = "the enrollment token this agent connects with was revoked; \
+                             connect with a credential of its own or a new enrollment token";

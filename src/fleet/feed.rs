@@ -106,6 +106,7 @@ impl Fleet {
                     }
                 }
             }
+            Table::EnrollmentTokens => self.token_changed(&change.key).await,
             _ => {}
         }
     }

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use super::auth::Presented;
 use super::commands::Outgoing;
 use super::registry::{Conn, Push, SharedCtx};
-use super::{Fleet, FleetError, Transport};
+use super::{session, Fleet, FleetError, Transport};
+use crate::domain::DomainError;
 use crate::proto::opamp_msgs as pb;
 
 impl Fleet {
@@ -64,11 +65,29 @@ impl Fleet {
     /// Handle one OpAMP HTTP request: the session lives across requests and
     /// ends by liveness timeout or agent_disconnect. Every request of an
     /// agent on the enrollment-token path resumes it by its uid.
+    ///
+    /// On the token path a poll without a usable uid (empty or malformed)
+    /// is only told a uid to adopt (`AgentIdentification`): nothing is
+    /// enrolled, no use counted, no session opened. Polls share no
+    /// connection, so enrolling the uid picked for one poll would enroll a
+    /// new collector on every poll of an agent that ignores it; an agent
+    /// that adopts it is enrolled on its next poll. (Streams enroll on the
+    /// first message: the connection is the agent.)
     pub async fn handle_poll(
         &self,
         presented: Presented,
         msg: pb::AgentToServer,
     ) -> Result<pb::ServerToAgent, FleetError> {
+        if presented.is_enrollment_token() && session::valid_uid(&msg).is_none() {
+            return Ok(pb::ServerToAgent {
+                instance_uid: msg.instance_uid,
+                capabilities: session::SERVER_CAPABILITIES,
+                agent_identification: Some(pb::AgentIdentification {
+                    new_instance_uid: uuid::Uuid::now_v7().as_bytes().to_vec(),
+                }),
+                ..Default::default()
+            });
+        }
         let auth = self.admit(presented, &msg).await?;
         let existing = self
             .inner
@@ -82,7 +101,15 @@ impl Fleet {
                 collector_id: auth.collector.key.clone(),
                 epoch,
             },
-            None => self.open(auth, Transport::Http, None).await?,
+            None => {
+                // Refuse a foreign uid before the session opens: a refused
+                // agent is never shown connected.
+                let uid = *uuid::Uuid::parse_str(&auth.collector.key)
+                    .map_err(|_| DomainError::Refused("the collector id is not a UUID".into()))?
+                    .as_bytes();
+                session::check_uid(&auth.collector.key, &uid, auth.uid_assigned, &msg)?;
+                self.open(auth, Transport::Http, None).await?
+            }
         };
         let out = self.process(&conn, msg).await?;
         if out.disconnect {

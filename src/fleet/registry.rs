@@ -57,6 +57,8 @@ pub(super) struct Entry {
     pub epoch: u64,
     pub transport: Transport,
     pub credential_id: String,
+    /// On the enrollment-token path: the token (its revocation closes this).
+    pub enrollment_token: Option<String>,
     pub push: Push,
     pub ctx: SharedCtx,
     pub last_seen: Instant,
@@ -168,6 +170,7 @@ impl Fleet {
             epoch,
             transport,
             credential_id: auth.credential_id,
+            enrollment_token: auth.enrollment_token,
             push,
             ctx: Arc::new(tokio::sync::Mutex::new(ctx)),
             last_seen: Instant::now(),

@@ -71,6 +71,31 @@ pub fn uid_string(uid: &[u8]) -> String {
     }
 }
 
+/// Whether `msg` may speak for the collector `collector_id` (uid `uid`):
+/// its own uid, or — for an agent that asks for a uid, has none yet, or
+/// was given one (`assigned`) — any, answered with the collector's uid.
+/// Any other uid is refused.
+pub fn check_uid(collector_id: &str, uid: &[u8; 16], assigned: bool, msg: &pb::AgentToServer) -> Result<(), SessionError> {
+    let wants_uid =
+        assigned || msg.flags & FLAG_REQUEST_INSTANCE_UID != 0 || msg.instance_uid.iter().all(|b| *b == 0);
+    if msg.instance_uid.as_slice() == uid || wants_uid {
+        return Ok(());
+    }
+    Err(SessionError::WrongInstance {
+        presented: uid_string(&msg.instance_uid),
+        expected: collector_id.to_string(),
+    })
+}
+
+/// The instance_uid of `msg` when it is a usable one (16 bytes, not all
+/// zero), hyphenated.
+pub fn valid_uid(msg: &pb::AgentToServer) -> Option<String> {
+    <[u8; 16]>::try_from(msg.instance_uid.as_slice())
+        .ok()
+        .filter(|b| b.iter().any(|x| *x != 0))
+        .map(|b| uuid::Uuid::from_bytes(b).hyphenated().to_string())
+}
+
 impl AgentState {
     pub fn new(collector_id: &str, status: CollectorStatus) -> Option<Self> {
         let uid = *uuid::Uuid::parse_str(collector_id).ok()?.as_bytes();
@@ -100,17 +125,7 @@ impl AgentState {
             ..Default::default()
         };
         if msg.instance_uid.as_slice() != self.uid {
-            // An agent that asks for a uid, or has none yet, gets the one
-            // its credential is bound to; any other uid is refused.
-            let wants_uid = self.uid_assigned
-                || msg.flags & FLAG_REQUEST_INSTANCE_UID != 0
-                || msg.instance_uid.iter().all(|b| *b == 0);
-            if !wants_uid {
-                return Err(SessionError::WrongInstance {
-                    presented: uid_string(&msg.instance_uid),
-                    expected: self.collector_id.clone(),
-                });
-            }
+            check_uid(&self.collector_id, &self.uid, self.uid_assigned, &msg)?;
             reply.agent_identification = Some(pb::AgentIdentification {
                 new_instance_uid: self.uid.to_vec(),
             });

@@ -70,5 +70,6 @@ pub async fn collector(store: &Store) -> Authenticated {
         },
         credential_id: String::new(),
         uid_assigned: false,
+        enrollment_token: None,
     }
 }

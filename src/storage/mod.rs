@@ -355,6 +355,9 @@ struct Inner {
     /// Test fault point (`fail_next_commit_after`, `fail_commit_touching`).
     /// A std mutex: held to test and take, never across an await.
     fault: Mutex<Option<Fault>>,
+    /// Test fault point (`fail_reads_of`): reads of this table fail. A std
+    /// mutex behind an atomic flag, so unarmed reads take no lock.
+    read_fault: (std::sync::atomic::AtomicBool, Mutex<Option<Table>>),
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -482,6 +485,7 @@ impl Store {
                 backend,
                 changes,
                 fault: Mutex::new(None),
+                read_fault: Default::default(),
                 metrics: None,
             }),
             killed: Arc::new(AtomicBool::new(false)),
@@ -548,6 +552,7 @@ impl Store {
 
     async fn get_raw(&self, table: Table, key: &str) -> Result<Option<RawDoc>, StorageError> {
         self.alive()?;
+        self.check_read_fault(table)?;
         let start = Instant::now();
         let raw = match &self.inner.backend {
             Backend::Embedded(b) => b.get(table, key).await?,
@@ -775,6 +780,30 @@ impl Store {
             target: Some((table, key.to_string())),
             effect: FaultEffect::Unknown { applied },
         });
+    }
+
+    /// Test fault point: every `get` of `table` fails as an unreachable
+    /// database would, until called again with `None`.
+    #[doc(hidden)]
+    pub fn fail_reads_of(&self, table: Option<Table>) {
+        let (armed, target) = &self.inner.read_fault;
+        if let Ok(mut t) = target.lock() {
+            *t = table;
+        }
+        armed.store(table.is_some(), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check_read_fault(&self, table: Table) -> Result<(), StorageError> {
+        let (armed, target) = &self.inner.read_fault;
+        if !armed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        match target.lock() {
+            Ok(t) if *t == Some(table) => Err(StorageError::Unavailable(format!(
+                "test fault: reads of {table:?} fail"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn arm(&self, fault: Fault) {

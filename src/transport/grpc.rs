@@ -8,7 +8,12 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use axum::http::{HeaderMap, HeaderValue};
+
+use super::FirstContactLimit;
 use crate::api::error::ApiError;
+use crate::api::ratelimit::ClientAddr;
+use crate::config::IpNet;
 use crate::domain::EnrollRequest;
 use crate::fleet::session::uid_string;
 use crate::fleet::{Fleet, FleetError, Transport};
@@ -18,11 +23,16 @@ use crate::proto::service::{EnrollRequest as GrpcEnroll, EnrollResponse};
 
 pub struct GrpcService {
     fleet: Fleet,
+    first_contact: FirstContactLimit,
 }
 
 /// The tonic service, with the message size limit applied.
-pub fn service(fleet: Fleet, max_message_bytes: usize) -> CollectorServiceServer<GrpcService> {
-    CollectorServiceServer::new(GrpcService { fleet }).max_decoding_message_size(max_message_bytes)
+pub fn service(
+    fleet: Fleet,
+    max_message_bytes: usize,
+    first_contact: FirstContactLimit,
+) -> CollectorServiceServer<GrpcService> {
+    CollectorServiceServer::new(GrpcService { fleet, first_contact }).max_decoding_message_size(max_message_bytes)
 }
 
 fn status(e: FleetError) -> Status {
@@ -33,11 +43,26 @@ fn bearer<T>(req: &Request<T>) -> Option<&str> {
     super::bearer(req.metadata().get("authorization")?.to_str().ok()?)
 }
 
+/// The client address rate limits count: the TCP peer, or behind a trusted
+/// proxy the `x-forwarded-for` metadata it added (as on the web listener).
+fn client_addr<T>(req: &Request<T>, trusted: &[IpNet]) -> ClientAddr {
+    let mut forwarded = HeaderMap::new();
+    for v in req.metadata().get_all("x-forwarded-for").iter() {
+        if let Ok(Ok(v)) = v.to_str().map(HeaderValue::from_str) {
+            forwarded.append("x-forwarded-for", v);
+        }
+    }
+    ClientAddr::resolve(req.remote_addr().map(|a| a.ip()), &forwarded, trusted)
+}
+
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ServerToAgent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CollectorService for GrpcService {
     async fn enroll(&self, req: Request<GrpcEnroll>) -> Result<Response<EnrollResponse>, Status> {
+        let attempt = self
+            .first_contact
+            .enroll(client_addr(&req, &self.first_contact.trusted_proxies))?;
         let r = req.into_inner();
         let instance_uid = (!r.instance_uid.is_empty()).then(|| uid_string(&r.instance_uid));
         let name = (!r.name.is_empty()).then_some(r.name);
@@ -51,7 +76,11 @@ impl CollectorService for GrpcService {
                 labels: r.labels.into_iter().collect(),
             })
             .await
-            .map_err(|e| status(FleetError::Domain(e)))?;
+            .map_err(|e| {
+                let e = FleetError::Domain(e);
+                attempt.refused(&e);
+                status(e)
+            })?;
         let uid = uuid::Uuid::parse_str(&enrolled.collector_id)
             .map(|u| u.as_bytes().to_vec())
             .unwrap_or_default();
@@ -69,10 +98,11 @@ impl CollectorService for GrpcService {
         let cert_collector = req
             .peer_certs()
             .and_then(|certs| certs.first().and_then(crate::tls::collector_id_of));
-        let auth = self
-            .fleet
-            .authenticate_with_cert(bearer(&req), cert_collector)
-            .await
+        let attempt = self
+            .first_contact
+            .admit(bearer(&req), |trusted| client_addr(&req, trusted))?;
+        let auth = attempt
+            .outcome(self.fleet.authenticate_with_cert(bearer(&req), cert_collector).await)
             .map_err(status)?;
         let mut inbound = req.into_inner();
         // An agent on the enrollment-token path is enrolled (or resumed) by
@@ -82,7 +112,7 @@ impl CollectorService for GrpcService {
                 .message()
                 .await?
                 .ok_or_else(|| Status::invalid_argument("the stream ended before the first message"))?;
-            (self.fleet.admit(auth, &msg).await.map_err(status)?, Some(msg))
+            (attempt.outcome(self.fleet.admit(auth, &msg).await).map_err(status)?, Some(msg))
         } else {
             (
                 self.fleet

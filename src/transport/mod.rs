@@ -12,11 +12,17 @@ pub mod grpc;
 pub mod opamp_http;
 pub mod opamp_ws;
 
+use std::sync::Arc;
+
 use axum::http::{header, HeaderMap};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::fleet::Fleet;
+use crate::api::ratelimit::{ClientAddr, RateLimited, RateLimiter};
+use crate::config::IpNet;
+use crate::domain::secrets::{self, SecretKind};
+use crate::domain::DomainError;
+use crate::fleet::{Fleet, FleetError};
 
 /// What the OpAMP HTTP and WebSocket handlers share.
 #[derive(Clone)]
@@ -24,6 +30,71 @@ pub struct OpampState {
     pub fleet: Fleet,
     /// Largest request body or WebSocket message, after decompression.
     pub max_request_bytes: usize,
+    pub first_contact: FirstContactLimit,
+}
+
+/// The rate limit of enrollment on the transports: first contact with an
+/// enrollment token (WebSocket upgrade, OpAMP HTTP, gRPC stream) and gRPC
+/// `Enroll`. It is the limiter of `POST /api/v1/enroll`, so an address has
+/// one budget whichever way it tries, with the same rule: only refused
+/// attempts count (token guessing is cut off; a fleet behind one NAT
+/// address enrolling with a valid token is not slowed down). An agent
+/// presenting a credential of its own never consults it.
+#[derive(Clone)]
+pub struct FirstContactLimit {
+    pub limiter: Arc<RateLimiter>,
+    /// Whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
+    pub trusted_proxies: Arc<[IpNet]>,
+}
+
+/// One enrollment attempt that was let through: counted against its
+/// address if it is refused.
+pub struct Attempt {
+    counted: Option<(Arc<RateLimiter>, ClientAddr)>,
+}
+
+impl FirstContactLimit {
+    /// Refuse an agent presenting an enrollment token while its address is
+    /// over the limit (before anything is looked up); let anything else
+    /// through uncounted. `client` finds the address (only called for
+    /// an enrollment token).
+    pub fn admit(
+        &self,
+        bearer: Option<&str>,
+        client: impl FnOnce(&[IpNet]) -> ClientAddr,
+    ) -> Result<Attempt, RateLimited> {
+        if !bearer.is_some_and(|b| secrets::parse(SecretKind::Enrollment, b).is_some()) {
+            return Ok(Attempt { counted: None });
+        }
+        self.enroll(client(&self.trusted_proxies))
+    }
+
+    /// An explicit enrollment (gRPC `Enroll`): always counted if refused.
+    pub fn enroll(&self, client: ClientAddr) -> Result<Attempt, RateLimited> {
+        self.limiter.admit(client)?;
+        Ok(Attempt {
+            counted: Some((self.limiter.clone(), client)),
+        })
+    }
+}
+
+impl Attempt {
+    /// The attempt was refused: count it, unless the refusal is the
+    /// server's own trouble (storage), which says nothing about the agent.
+    pub fn refused(&self, e: &FleetError) {
+        let agents_fault = !matches!(e, FleetError::Domain(DomainError::Storage(_)) | FleetError::Closed);
+        if let (Some((limiter, client)), true) = (&self.counted, agents_fault) {
+            limiter.charge(*client);
+        }
+    }
+
+    /// Count the refusal of `result`, if it is one; pass it on.
+    pub fn outcome<T>(&self, result: Result<T, FleetError>) -> Result<T, FleetError> {
+        if let Err(e) = &result {
+            self.refused(e);
+        }
+        result
+    }
 }
 
 /// `/v1/opamp` (HTTP polling and the WebSocket upgrade), ready to merge into

@@ -14,6 +14,7 @@ use std::io::Read;
 
 use super::{bearer_token, OpampState};
 use crate::api::error::ApiError;
+use crate::api::ratelimit::{ClientAddr, PeerAddr};
 use crate::proto::opamp_msgs as pb;
 
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
@@ -69,8 +70,18 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
     request_body(content = Vec<u8>, content_type = "application/x-protobuf", description = "opamp.proto.AgentToServer (gzip allowed)"),
     params(("Authorization" = String, Header, description = "Bearer <collector credential>")),
     responses((status = 200, content_type = "application/x-protobuf", body = Vec<u8>, description = "opamp.proto.ServerToAgent"),
-        (status = 401, description = "unknown or revoked credential"), (status = 413, description = "body too large")))]
-pub async fn post(State(s): State<OpampState>, headers: HeaderMap, body: Bytes) -> Response {
+        (status = 401, description = "unknown or revoked credential"), (status = 403, description = "refused (expired, revoked or used-up enrollment token, uid bound to another credential)"),
+        (status = 413, description = "body too large"),
+        (status = 429, description = "too many refused first contacts from this address; see `Retry-After`", headers(("Retry-After" = u64, description = "Seconds to wait")))))]
+pub async fn post(State(s): State<OpampState>, peer: PeerAddr, headers: HeaderMap, body: Bytes) -> Response {
+    let bearer = bearer_token(&headers);
+    let attempt = match s
+        .first_contact
+        .admit(bearer, |trusted| ClientAddr::resolve(peer.0, &headers, trusted))
+    {
+        Ok(a) => a,
+        Err(limited) => return limited.into_response(),
+    };
     let raw = match decode_body(&headers, &body, s.max_request_bytes) {
         Ok(raw) => raw,
         Err((status, msg)) => return ApiError::new(status, "invalid-body", msg).into_response(),
@@ -79,11 +90,11 @@ pub async fn post(State(s): State<OpampState>, headers: HeaderMap, body: Bytes) 
         Ok(m) => m,
         Err(e) => return ApiError::bad_request(format!("not an AgentToServer message: {e}")).into_response(),
     };
-    let result = match s.fleet.authenticate(bearer_token(&headers)).await {
+    let result = match s.fleet.authenticate(bearer).await {
         Ok(auth) => s.fleet.handle_poll(auth, msg).await,
         Err(e) => Err(e),
     };
-    let reply = match result {
+    let reply = match attempt.outcome(result) {
         Ok(r) => r,
         Err(e) => return ApiError::from(e).into_response(),
     };

@@ -3,12 +3,13 @@
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prost::Message;
 
-use super::{bearer_token, OpampState};
+use super::{bearer_token, Attempt, OpampState};
 use crate::api::error::ApiError;
+use crate::api::ratelimit::{ClientAddr, PeerAddr};
 use crate::fleet::{Fleet, Presented, Transport};
 use crate::proto::opamp_msgs as pb;
 
@@ -16,9 +17,20 @@ use crate::proto::opamp_msgs as pb;
 #[utoipa::path(get, path = "/v1/opamp", tag = "opamp",
     params(("Authorization" = String, Header, description = "Bearer <collector credential>")),
     responses((status = 101, description = "WebSocket upgrade; frames are a varint header 0 + opamp.proto messages"),
-        (status = 401, description = "unknown or revoked credential")))]
-pub async fn upgrade(State(s): State<OpampState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    let auth = match s.fleet.authenticate(bearer_token(&headers)).await {
+        (status = 401, description = "unknown or revoked credential"), (status = 403, description = "refused (expired or revoked enrollment token)"),
+        (status = 429, description = "too many refused first contacts from this address; see `Retry-After`", headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "storage unavailable; try again")))]
+pub async fn upgrade(State(s): State<OpampState>, peer: PeerAddr, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let bearer = bearer_token(&headers);
+    // Refused before the upgrade, so agents see HTTP 429 + Retry-After.
+    let attempt = match s
+        .first_contact
+        .admit(bearer, |trusted| ClientAddr::resolve(peer.0, &headers, trusted))
+    {
+        Ok(a) => a,
+        Err(limited) => return limited.into_response(),
+    };
+    let auth = match attempt.outcome(s.fleet.authenticate(bearer).await) {
         Ok(a) => a,
         Err(e) => return ApiError::from(e).into_response(),
     };
@@ -26,7 +38,7 @@ pub async fn upgrade(State(s): State<OpampState>, headers: HeaderMap, ws: WebSoc
     // axum spawns the session; tracking it lets `run` end it and wait.
     let tasks = s.fleet.tasks().clone();
     ws.max_message_size(s.max_request_bytes)
-        .on_upgrade(move |socket| tasks.track(serve(socket, fleet, auth)))
+        .on_upgrade(move |socket| tasks.track(serve(socket, fleet, auth, attempt)))
 }
 
 /// Split the OpAMP WebSocket header off a frame.
@@ -54,7 +66,7 @@ async fn next_message(socket: &mut WebSocket) -> Option<pb::AgentToServer> {
     }
 }
 
-async fn serve(mut socket: WebSocket, fleet: Fleet, presented: Presented) {
+async fn serve(mut socket: WebSocket, fleet: Fleet, presented: Presented, attempt: Attempt) {
     // An agent on the enrollment-token path is enrolled (or resumed) by the
     // uid of its first message, so the session opens after reading it.
     let mut first = None;
@@ -64,17 +76,24 @@ async fn serve(mut socket: WebSocket, fleet: Fleet, presented: Presented) {
             let Some(msg) = next_message(&mut socket).await else {
                 return;
             };
-            match fleet.admit(pending, &msg).await {
+            match attempt.outcome(fleet.admit(pending, &msg).await) {
                 Ok(auth) => {
                     first = Some(msg);
                     auth
                 }
                 Err(e) => {
+                    let refusal = ApiError::from(e);
+                    // The server's own trouble: the agent should come back.
+                    let kind = if refusal.status() == StatusCode::SERVICE_UNAVAILABLE {
+                        pb::ServerErrorResponseType::Unavailable
+                    } else {
+                        pb::ServerErrorResponseType::BadRequest
+                    };
                     let refusal = pb::ServerToAgent {
                         instance_uid: msg.instance_uid,
                         error_response: Some(pb::ServerErrorResponse {
-                            r#type: pb::ServerErrorResponseType::BadRequest as i32,
-                            error_message: tonic::Status::from(ApiError::from(e)).message().to_string(),
+                            r#type: kind as i32,
+                            error_message: tonic::Status::from(refusal).message().to_string(),
                             details: None,
                         }),
                         ..Default::default()

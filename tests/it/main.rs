@@ -10,6 +10,7 @@ mod conformance;
 mod durability;
 mod fleet_config;
 mod fleet_core;
+mod front_door;
 mod install_script;
 mod interop;
 mod matrix;

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::support::*;
 
-async fn api_token(base: &str, admin: &reqwest::Client) -> String {
+pub(super) async fn api_token(base: &str, admin: &reqwest::Client) -> String {
     let v: Value = admin
         .post(format!("{base}/api/v1/api-tokens"))
         .json(&json!({"name":"test"}))
@@ -28,7 +28,7 @@ async fn api_token(base: &str, admin: &reqwest::Client) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
-async fn set_default(base: &str, token: &str, body: &str) {
+pub(super) async fn set_default(base: &str, token: &str, body: &str) {
     let r = reqwest::Client::new()
         .put(format!("{base}/api/v1/fleet/default-config"))
         .bearer_auth(token)
@@ -39,12 +39,12 @@ async fn set_default(base: &str, token: &str, body: &str) {
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
 }
 
-async fn summary(base: &str, token: &str) -> Value {
+pub(super) async fn summary(base: &str, token: &str) -> Value {
     get_json(base, token, "/api/v1/fleet/summary").await
 }
 
 /// Poll the fleet summary until `pred` holds (deadline: 60 s).
-async fn wait_summary(base: &str, token: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(super) async fn wait_summary(base: &str, token: &str, pred: impl Fn(&Value) -> bool) -> Value {
     poll_json("the fleet summary", async || summary(base, token).await, pred).await
 }
 
@@ -154,7 +154,7 @@ async fn a_failed_config_shows_the_collectors_error_message() {
 }
 
 /// A raw gRPC session with `credential`; the first answer (or the refusal).
-async fn grpc_session(
+pub(super) async fn grpc_session(
     grpc: &str,
     credential: &str,
     uid: &[u8],
@@ -183,7 +183,7 @@ async fn grpc_session(
     Ok((tx, stream))
 }
 
-async fn enroll_one(base: &str, admin: &reqwest::Client) -> (String, String) {
+pub(super) async fn enroll_one(base: &str, admin: &reqwest::Client) -> (String, String) {
     let (_, t) = enrollment_token(base, admin, json!({"name":"one"})).await;
     let e: Value = enroll(base, &t, None).await.json().await.unwrap();
     (
@@ -192,7 +192,7 @@ async fn enroll_one(base: &str, admin: &reqwest::Client) -> (String, String) {
     )
 }
 
-fn uid_bytes(id: &str) -> Vec<u8> {
+pub(super) fn uid_bytes(id: &str) -> Vec<u8> {
     uuid::Uuid::parse_str(id).unwrap().as_bytes().to_vec()
 }
 
