@@ -156,9 +156,10 @@ impl IntoResponse for RateLimited {
 impl From<RateLimited> for tonic::Status {
     fn from(r: RateLimited) -> Self {
         let mut status = tonic::Status::resource_exhausted(r.message());
-        status
-            .metadata_mut()
-            .insert("retry-after", tonic::metadata::MetadataValue::from(r.retry_after_secs()));
+        status.metadata_mut().insert(
+            "retry-after",
+            tonic::metadata::MetadataValue::from(r.retry_after_secs()),
+        );
         status
     }
 }
@@ -235,7 +236,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerAddr(parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0 .0.ip())))
+        Ok(PeerAddr(
+            parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0 .0.ip()),
+        ))
     }
 }
 

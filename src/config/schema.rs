@@ -292,9 +292,11 @@ pub struct AuthConfig {
     /// more get 429 with `Retry-After`.
     #[serde(default = "default_login_attempts_per_minute")]
     pub login_attempts_per_minute: u32,
-    /// Refused enrollments (`POST /api/v1/enroll`) per client address and
-    /// minute (also the burst); beyond it every attempt gets 429 with
-    /// `Retry-After`. Successful enrollments do not count.
+    /// Refused enrollments per client address and minute (also the burst),
+    /// one budget for `POST /api/v1/enroll`, gRPC `Enroll` and first
+    /// contact with an enrollment token over OpAMP WebSocket, OpAMP HTTP
+    /// and gRPC; beyond it every attempt gets 429 with `Retry-After`
+    /// (gRPC: RESOURCE_EXHAUSTED). Successful enrollments do not count.
     #[serde(default = "default_enroll_attempts_per_minute")]
     pub enroll_attempts_per_minute: u32,
     /// Every enrollment token requires agents to switch to a credential of

@@ -198,15 +198,11 @@ impl Fleet {
             // Never wait for room: a stuck agent must not stall the feed.
             if let Some(push) = push {
                 let uid = ctx.lock().await.agent.uid.to_vec();
-                let _ = push.try_send(pb::ServerToAgent {
-                    instance_uid: uid,
-                    error_response: Some(pb::ServerErrorResponse {
-                        r#type: pb::ServerErrorResponseType::BadRequest as i32,
-                        error_message: TOKEN_REVOKED.into(),
-                        details: None,
-                    }),
-                    ..Default::default()
-                });
+                let _ = push.try_send(super::session::refusal(
+                    uid,
+                    pb::ServerErrorResponseType::BadRequest,
+                    TOKEN_REVOKED.into(),
+                ));
             }
             self.kick(&id, "its enrollment token was revoked");
         }

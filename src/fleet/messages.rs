@@ -25,15 +25,7 @@ impl Fleet {
             Err(FleetError::Session(e)) => {
                 // Tell the agent why before closing (OpAMP error response).
                 if let Some((_, Some(push))) = self.inner.sessions.get(&conn.collector_id) {
-                    let refusal = pb::ServerToAgent {
-                        instance_uid: uid,
-                        error_response: Some(pb::ServerErrorResponse {
-                            r#type: pb::ServerErrorResponseType::BadRequest as i32,
-                            error_message: e.to_string(),
-                            details: None,
-                        }),
-                        ..Default::default()
-                    };
+                    let refusal = session::refusal(uid, pb::ServerErrorResponseType::BadRequest, e.to_string());
                     let _ = push.send(refusal).await;
                 }
                 self.close(conn);

@@ -71,13 +71,30 @@ pub fn uid_string(uid: &[u8]) -> String {
     }
 }
 
+/// An OpAMP error response telling the agent (`uid`) why it is refused.
+pub fn refusal(uid: Vec<u8>, kind: pb::ServerErrorResponseType, message: String) -> pb::ServerToAgent {
+    pb::ServerToAgent {
+        instance_uid: uid,
+        error_response: Some(pb::ServerErrorResponse {
+            r#type: kind as i32,
+            error_message: message,
+            details: None,
+        }),
+        ..Default::default()
+    }
+}
+
 /// Whether `msg` may speak for the collector `collector_id` (uid `uid`):
 /// its own uid, or — for an agent that asks for a uid, has none yet, or
 /// was given one (`assigned`) — any, answered with the collector's uid.
 /// Any other uid is refused.
-pub fn check_uid(collector_id: &str, uid: &[u8; 16], assigned: bool, msg: &pb::AgentToServer) -> Result<(), SessionError> {
-    let wants_uid =
-        assigned || msg.flags & FLAG_REQUEST_INSTANCE_UID != 0 || msg.instance_uid.iter().all(|b| *b == 0);
+pub fn check_uid(
+    collector_id: &str,
+    uid: &[u8; 16],
+    assigned: bool,
+    msg: &pb::AgentToServer,
+) -> Result<(), SessionError> {
+    let wants_uid = assigned || msg.flags & FLAG_REQUEST_INSTANCE_UID != 0 || msg.instance_uid.iter().all(|b| *b == 0);
     if msg.instance_uid.as_slice() == uid || wants_uid {
         return Ok(());
     }

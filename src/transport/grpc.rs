@@ -112,7 +112,10 @@ impl CollectorService for GrpcService {
                 .message()
                 .await?
                 .ok_or_else(|| Status::invalid_argument("the stream ended before the first message"))?;
-            (attempt.outcome(self.fleet.admit(auth, &msg).await).map_err(status)?, Some(msg))
+            (
+                attempt.outcome(self.fleet.admit(auth, &msg).await).map_err(status)?,
+                Some(msg),
+            )
         } else {
             (
                 self.fleet

@@ -18,7 +18,7 @@ use axum::http::{header, HeaderMap};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::ratelimit::{ClientAddr, RateLimited, RateLimiter};
+use crate::api::ratelimit::{ClientAddr, PeerAddr, RateLimited, RateLimiter};
 use crate::config::IpNet;
 use crate::domain::secrets::{self, SecretKind};
 use crate::domain::DomainError;
@@ -31,6 +31,16 @@ pub struct OpampState {
     /// Largest request body or WebSocket message, after decompression.
     pub max_request_bytes: usize,
     pub first_contact: FirstContactLimit,
+}
+
+impl OpampState {
+    /// The first-contact rate limit for an OpAMP HTTP request (a poll or
+    /// the WebSocket upgrade).
+    fn attempt(&self, peer: PeerAddr, headers: &HeaderMap) -> Result<Attempt, RateLimited> {
+        self.first_contact.admit(bearer_token(headers), |trusted| {
+            ClientAddr::resolve(peer.0, headers, trusted)
+        })
+    }
 }
 
 /// The rate limit of enrollment on the transports: first contact with an
@@ -63,10 +73,11 @@ impl FirstContactLimit {
         bearer: Option<&str>,
         client: impl FnOnce(&[IpNet]) -> ClientAddr,
     ) -> Result<Attempt, RateLimited> {
-        if !bearer.is_some_and(|b| secrets::parse(SecretKind::Enrollment, b).is_some()) {
-            return Ok(Attempt { counted: None });
+        let token_path = bearer.is_some_and(|b| secrets::parse(SecretKind::Enrollment, b).is_some());
+        if token_path {
+            return self.enroll(client(&self.trusted_proxies));
         }
-        self.enroll(client(&self.trusted_proxies))
+        Ok(Attempt { counted: None })
     }
 
     /// An explicit enrollment (gRPC `Enroll`): always counted if refused.

@@ -14,7 +14,7 @@ use std::io::Read;
 
 use super::{bearer_token, OpampState};
 use crate::api::error::ApiError;
-use crate::api::ratelimit::{ClientAddr, PeerAddr};
+use crate::api::ratelimit::PeerAddr;
 use crate::proto::opamp_msgs as pb;
 
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
@@ -74,14 +74,11 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         (status = 413, description = "body too large"),
         (status = 429, description = "too many refused first contacts from this address; see `Retry-After`", headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 pub async fn post(State(s): State<OpampState>, peer: PeerAddr, headers: HeaderMap, body: Bytes) -> Response {
-    let bearer = bearer_token(&headers);
-    let attempt = match s
-        .first_contact
-        .admit(bearer, |trusted| ClientAddr::resolve(peer.0, &headers, trusted))
-    {
+    let attempt = match s.attempt(peer, &headers) {
         Ok(a) => a,
         Err(limited) => return limited.into_response(),
     };
+    let bearer = bearer_token(&headers);
     let raw = match decode_body(&headers, &body, s.max_request_bytes) {
         Ok(raw) => raw,
         Err((status, msg)) => return ApiError::new(status, "invalid-body", msg).into_response(),

@@ -9,7 +9,7 @@ use prost::Message;
 
 use super::{bearer_token, Attempt, OpampState};
 use crate::api::error::ApiError;
-use crate::api::ratelimit::{ClientAddr, PeerAddr};
+use crate::api::ratelimit::PeerAddr;
 use crate::fleet::{Fleet, Presented, Transport};
 use crate::proto::opamp_msgs as pb;
 
@@ -20,16 +20,18 @@ use crate::proto::opamp_msgs as pb;
         (status = 401, description = "unknown or revoked credential"), (status = 403, description = "refused (expired or revoked enrollment token)"),
         (status = 429, description = "too many refused first contacts from this address; see `Retry-After`", headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "storage unavailable; try again")))]
-pub async fn upgrade(State(s): State<OpampState>, peer: PeerAddr, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    let bearer = bearer_token(&headers);
+pub async fn upgrade(
+    State(s): State<OpampState>,
+    peer: PeerAddr,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     // Refused before the upgrade, so agents see HTTP 429 + Retry-After.
-    let attempt = match s
-        .first_contact
-        .admit(bearer, |trusted| ClientAddr::resolve(peer.0, &headers, trusted))
-    {
+    let attempt = match s.attempt(peer, &headers) {
         Ok(a) => a,
         Err(limited) => return limited.into_response(),
     };
+    let bearer = bearer_token(&headers);
     let auth = match attempt.outcome(s.fleet.authenticate(bearer).await) {
         Ok(a) => a,
         Err(e) => return ApiError::from(e).into_response(),
@@ -89,15 +91,8 @@ async fn serve(mut socket: WebSocket, fleet: Fleet, presented: Presented, attemp
                     } else {
                         pb::ServerErrorResponseType::BadRequest
                     };
-                    let refusal = pb::ServerToAgent {
-                        instance_uid: msg.instance_uid,
-                        error_response: Some(pb::ServerErrorResponse {
-                            r#type: kind as i32,
-                            error_message: tonic::Status::from(refusal).message().to_string(),
-                            details: None,
-                        }),
-                        ..Default::default()
-                    };
+                    let message = tonic::Status::from(refusal).message().to_string();
+                    let refusal = crate::fleet::session::refusal(msg.instance_uid, kind, message);
                     let _ = socket.send(WsMessage::Binary(frame(&refusal).into())).await;
                     let _ = socket.send(WsMessage::Close(None)).await;
                     return;

@@ -150,7 +150,9 @@ async fn refused_first_contacts_are_rate_limited_per_address_on_every_transport(
     assert!((1..=30).contains(&wait), "Retry-After {wait}");
     assert!(r.text().await.unwrap().contains("retry in"));
 
-    let (status, retry_after, body) = ws(&s.base, &token).await.err().expect("the upgrade is refused");
+    let Err((status, retry_after, body)) = ws(&s.base, &token).await else {
+        panic!("the upgrade was accepted");
+    };
     assert_eq!(status, 429, "{body}");
     assert!(retry_after.is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
 
@@ -169,7 +171,11 @@ async fn refused_first_contacts_are_rate_limited_per_address_on_every_transport(
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert_eq!(enroll(&s.base, &token, None).await.status(), 429);
-    assert_eq!(token_uses(&s.base, &api, &token_id).await, 1, "nothing enrolled while limited");
+    assert_eq!(
+        token_uses(&s.base, &api, &token_id).await,
+        1,
+        "nothing enrolled while limited"
+    );
 
     // Its own credential is never limited, on any transport.
     let (tx, mut stream) = grpc_session(&s.grpc, &cred, &uid_bytes(&id)).await.unwrap();
@@ -287,7 +293,14 @@ async fn an_http_agent_that_keeps_a_bad_uid_enrolls_nothing() {
     set_default(&s.base, &api, "receivers:\n  otlp: {}\n").await;
     let (token_id, token) = enrollment_token(&s.base, &admin, json!({"name":"http","max_uses":1})).await;
     let mut given = BTreeSet::new();
-    for bad in [vec![], vec![0u8; 16], vec![1, 2, 3], vec![], vec![0u8; 16], vec![7u8; 17]] {
+    for bad in [
+        vec![],
+        vec![0u8; 16],
+        vec![1, 2, 3],
+        vec![],
+        vec![0u8; 16],
+        vec![7u8; 17],
+    ] {
         let r = reply(poll(&s.base, &token, &hello(&bad)).await).await;
         let uid = r.agent_identification.expect("a uid to adopt").new_instance_uid;
         assert_eq!(uid.len(), 16);
@@ -346,7 +359,9 @@ async fn a_storage_outage_is_a_503_that_names_no_internals() {
     let (_, token) = enrollment_token(&s.base, &admin, json!({"name":"edge"})).await;
 
     s.store.fail_reads_of(Some(Table::CollectorCredentials));
-    let (status, _, body) = ws(&s.base, &cred).await.err().expect("refused");
+    let Err((status, _, body)) = ws(&s.base, &cred).await else {
+        panic!("the upgrade was accepted");
+    };
     assert_eq!(status, 503, "{body}");
     assert_no_internals("the upgrade refusal", &body);
     let r = poll(&s.base, &cred, &hello(&uid_bytes(&id))).await;
@@ -358,7 +373,9 @@ async fn a_storage_outage_is_a_503_that_names_no_internals() {
 
     s.store.fail_reads_of(Some(Table::EnrollmentTokens));
     for _ in 0..3 {
-        let (status, _, body) = ws(&s.base, &token).await.err().expect("refused");
+        let Err((status, _, body)) = ws(&s.base, &token).await else {
+            panic!("the upgrade was accepted");
+        };
         assert_eq!(status, 503, "{body}");
         assert_no_internals("the upgrade refusal", &body);
     }
@@ -417,7 +434,12 @@ async fn the_sim_binary_reports_available_components() {
         let why = c["config_error"].as_str().unwrap();
         assert!(why.contains("exporters/kafka"), "{why}");
         assert!(!why.contains("debug") && !why.contains("otlp"), "{why}");
-        let d = get_json(&s.base, &api, &format!("/api/v1/collectors/{}", c["id"].as_str().unwrap())).await;
+        let d = get_json(
+            &s.base,
+            &api,
+            &format!("/api/v1/collectors/{}", c["id"].as_str().unwrap()),
+        )
+        .await;
         assert_eq!(
             d["status"]["available_components"]["components"]["exporters"],
             json!(["debug", "otlphttp"]),
