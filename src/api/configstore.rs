@@ -38,6 +38,9 @@ pub struct History {
     /// The emergency override, when one is set.
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
     pub override_: Option<OverrideStatus>,
+    /// The instance that answered: the history is its own (every instance
+    /// considers every commit itself; see docs/config-store.md, History).
+    pub instance: String,
     /// Commits this instance considered since it started, newest first
     /// (at most 200).
     pub entries: Vec<HistoryEntry>,
@@ -184,6 +187,7 @@ async fn history(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<Json<H
     let cs = store(&s)?;
     Ok(Json(History {
         override_: cs.status().override_,
+        instance: s.instance.clone(),
         entries: cs.history(),
     }))
 }

@@ -24,9 +24,11 @@ use crate::domain::rollout::{
     GateFailure, GateResult, Rollout, RolloutState, Rollouts, SendFigures, WaveCounts, WaveProgress, WaveState,
     PAST_ROLLOUTS, ROLLOUTS_KEY,
 };
-use crate::domain::{Collector, CollectorStatus, ConfigAssignment, Domain, DomainError, DEFAULT_ASSIGNMENT};
+use crate::domain::{
+    Collector, CollectorStatus, ConfigAssignment, Domain, DomainError, ServerInstance, DEFAULT_ASSIGNMENT,
+};
 use crate::fleet::desired::Desired;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, PRESENCE_STALE};
 use crate::owntelemetry::{ComponentKind, Measure, TelemetryRollup};
 use crate::storage::{Scan, Table};
 use crate::telemetry::Metrics;
@@ -324,11 +326,29 @@ impl Driver {
             .map(|a| a.key)
             .filter(|k| k != DEFAULT_ASSIGNMENT)
             .collect();
+        // A status says "connected" as its holder last stored it; a holder
+        // that died (killed, no graceful stop) never corrected it. As in the
+        // fleet views, a collector counts as connected only while the
+        // instance holding it is alive, so the gates do not wait for
+        // collectors that are connected nowhere.
+        let now = self.domain.clock().now();
+        let alive: BTreeSet<String> = store
+            .scan::<ServerInstance>(Scan::default())
+            .await?
+            .into_iter()
+            .filter(|i| now.0.saturating_sub(i.value.heartbeat_at.0) < PRESENCE_STALE.as_millis() as u64)
+            .map(|i| i.key)
+            .collect();
         let mut statuses: HashMap<String, CollectorStatus> = store
             .scan::<CollectorStatus>(Scan::default())
             .await?
             .into_iter()
-            .map(|s| (s.key, s.value))
+            .map(|mut s| {
+                if s.value.instance != self.instance && !alive.contains(&s.value.instance) {
+                    s.value.connected = false;
+                }
+                (s.key, s.value)
+            })
             .collect();
         Ok(store
             .scan::<Collector>(Scan::default())
@@ -344,12 +364,28 @@ impl Driver {
 
     /// Exporter sends of these collectors, from their stored own telemetry.
     async fn send_figures(&self, members: &[(Collector, Option<CollectorStatus>)]) -> Result<SendFigures, DomainError> {
+        Ok(self.send_figures_by_collector(members).await?.into_iter().fold(
+            SendFigures::default(),
+            |mut f, (_, c)| {
+                f.sent += c.sent;
+                f.failed += c.failed;
+                f
+            },
+        ))
+    }
+
+    /// The same per collector (those that send own telemetry only).
+    async fn send_figures_by_collector(
+        &self,
+        members: &[(Collector, Option<CollectorStatus>)],
+    ) -> Result<Vec<(String, SendFigures)>, DomainError> {
         let ids: BTreeSet<&str> = members.iter().map(|(c, _)| c.id.as_str()).collect();
-        let mut f = SendFigures::default();
+        let mut out = Vec::new();
         for r in self.domain.store().scan::<TelemetryRollup>(Scan::default()).await? {
             if !ids.contains(r.value.collector_id.as_str()) {
                 continue;
             }
+            let mut f = SendFigures::default();
             for c in r
                 .value
                 .components
@@ -359,8 +395,9 @@ impl Driver {
                 f.sent += c.counters.get(&Measure::Sent).map_or(0.0, |x| x.total);
                 f.failed += c.counters.get(&Measure::SendFailed).map_or(0.0, |x| x.total);
             }
+            out.push((r.value.collector_id, f));
         }
-        Ok(f)
+        Ok(out)
     }
 
     /// Evaluate the current wave's gates; reach the next wave, halt or
@@ -374,7 +411,7 @@ impl Driver {
         let target = self.snapshot(&r.commit).await?;
         let members = self.members(r, i).await?;
         let send_now = match policy.gates.max_send_failure_increase {
-            Some(_) => Some(self.send_figures(&members).await?),
+            Some(_) => Some(self.send_figures_by_collector(&members).await?),
             None => None,
         };
         let Some(wave) = r.waves.get_mut(i) else {
@@ -449,7 +486,7 @@ fn evaluate(
     wave: &WaveProgress,
     target: &Snapshot,
     members: &[(Collector, Option<CollectorStatus>)],
-    send_now: Option<SendFigures>,
+    send_now: Option<Vec<(String, SendFigures)>>,
     now: Timestamp,
 ) -> Verdict {
     let mut counts = WaveCounts::default();
@@ -563,7 +600,12 @@ fn evaluate(
             results.push(fail("healthy", msg, &unhealthy));
         }
     }
-    if let (Some(max), Some(now_f)) = (policy.gates.max_send_failure_increase, send_now) {
+    if let (Some(max), Some(by_collector)) = (policy.gates.max_send_failure_increase, send_now) {
+        let now_f = by_collector.iter().fold(SendFigures::default(), |mut f, (_, c)| {
+            f.sent += c.sent;
+            f.failed += c.failed;
+            f
+        });
         let base = wave.send_baseline.unwrap_or_default();
         let ratio = |f: f64, s: f64| if f + s > 0.0 { f / (f + s) } else { 0.0 };
         let before = ratio(base.failed, base.sent);
@@ -576,7 +618,12 @@ fn evaluate(
                 since * 100.0,
                 max * 100.0
             );
-            let ids: Vec<String> = members.iter().map(|(c, _)| c.id.clone()).collect();
+            // The figure is the wave's; name the collectors that report
+            // exporter sends, most failed sends first (those without own
+            // telemetry add nothing to it).
+            let mut by_failed: Vec<&(String, SendFigures)> = by_collector.iter().collect();
+            by_failed.sort_by(|a, b| b.1.failed.total_cmp(&a.1.failed).then_with(|| a.0.cmp(&b.0)));
+            let ids: Vec<String> = by_failed.into_iter().map(|(id, _)| id.clone()).collect();
             results.push(fail("send_failures", msg, &ids));
         } else {
             results.push(result(
