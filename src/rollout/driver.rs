@@ -364,14 +364,15 @@ impl Driver {
 
     /// Exporter sends of these collectors, from their stored own telemetry.
     async fn send_figures(&self, members: &[(Collector, Option<CollectorStatus>)]) -> Result<SendFigures, DomainError> {
-        Ok(self.send_figures_by_collector(members).await?.into_iter().fold(
-            SendFigures::default(),
-            |mut f, (_, c)| {
+        Ok(self
+            .send_figures_by_collector(members)
+            .await?
+            .into_iter()
+            .fold(SendFigures::default(), |mut f, (_, c)| {
                 f.sent += c.sent;
                 f.failed += c.failed;
                 f
-            },
-        ))
+            }))
     }
 
     /// The same per collector (those that send own telemetry only).

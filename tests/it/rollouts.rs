@@ -659,7 +659,12 @@ impl HandAgent {
         let health = |healthy: bool| pb::ComponentHealth {
             healthy,
             status: if healthy { "running" } else { "exporter failing" }.into(),
-            last_error: if healthy { "" } else { "export failed: connection refused" }.into(),
+            last_error: if healthy {
+                ""
+            } else {
+                "export failed: connection refused"
+            }
+            .into(),
             ..Default::default()
         };
         let message = move |seq: u64| pb::AgentToServer {
@@ -882,7 +887,11 @@ impl Gated {
     /// (what the server wants it to run) goes back.
     async fn assert_rolled_back_as(&self, r: &Value, gate: &str, resent: bool) {
         let cur = &r["current"];
-        assert_eq!((&cur["wave"], &cur["waves"][0]["state"]), (&json!(0), &json!("rolled_back")), "{r}");
+        assert_eq!(
+            (&cur["wave"], &cur["waves"][0]["state"]),
+            (&json!(0), &json!("rolled_back")),
+            "{r}"
+        );
         assert_eq!(cur["waves"][1]["state"], "pending", "{r}");
         let failure = &cur["waves"][0]["failure"];
         assert_eq!(failure["gate"], gate, "{r}");
@@ -894,7 +903,14 @@ impl Gated {
         until_configs("the canary back on c1", &self.canary, |_| self.h1.clone()).await;
         poll_json(
             "the hand agent's desired config back on c1",
-            async || get(&self.server, &self.admin, &format!("/api/v1/collectors/{}", self.agent.id)).await,
+            async || {
+                get(
+                    &self.server,
+                    &self.admin,
+                    &format!("/api/v1/collectors/{}", self.agent.id),
+                )
+                .await
+            },
             |c| c["desired"]["hash"] == self.h1.as_str(),
         )
         .await;
@@ -955,7 +971,10 @@ async fn an_unhealthy_collector_fails_the_healthy_gate() {
     let r = g.halted().await;
     let failure = &r["current"]["waves"][0]["failure"];
     assert!(
-        failure["message"].as_str().unwrap().contains("1 collector(s) unhealthy after applying"),
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 collector(s) unhealthy after applying"),
         "{r}"
     );
     assert_eq!(r["current"]["waves"][0]["counts"]["unhealthy"], 1, "{r}");
@@ -987,20 +1006,26 @@ async fn a_collector_that_never_applies_fails_the_wave_at_the_apply_timeout() {
     )
     .await;
     let cur = &r["current"];
-    assert_eq!((&cur["state"], &cur["waves"][0]["state"]), (&json!("running"), &json!("rolling_out")), "{r}");
-    assert_eq!(cur["waves"][0]["gates"][0]["result"], "waiting", "{r}");
     assert_eq!(
-        cur["waves"][0]["gates"][0]["detail"],
-        "4 of 5 connected collector(s) applied",
+        (&cur["state"], &cur["waves"][0]["state"]),
+        (&json!("running"), &json!("rolling_out")),
         "{r}"
     );
-    assert_eq!(g.agent.last_received().as_deref(), Some(g.h2.as_str()), "the agent was sent c2");
+    assert_eq!(cur["waves"][0]["gates"][0]["result"], "waiting", "{r}");
+    assert_eq!(
+        cur["waves"][0]["gates"][0]["detail"], "4 of 5 connected collector(s) applied",
+        "{r}"
+    );
+    assert_eq!(
+        g.agent.last_received().as_deref(),
+        Some(g.h2.as_str()),
+        "the agent was sent c2"
+    );
     g.s.clock.advance(Duration::from_secs(5 * 60));
     let r = g.halted().await;
     let failure = &r["current"]["waves"][0]["failure"];
     assert_eq!(
-        failure["message"],
-        "1 connected collector(s) did not apply the new config within 5m",
+        failure["message"], "1 connected collector(s) did not apply the new config within 5m",
         "{r}"
     );
     g.assert_rolled_back_as(&r, "applied", false).await;
@@ -1026,7 +1051,9 @@ async fn rising_exporter_failures_fail_the_send_failure_gate() {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let stored = server.store.get::<TelemetryRollup>(&agent.id).await.unwrap();
-                let text = stored.map(|r| serde_json::to_string(&r.value).unwrap()).unwrap_or_default();
+                let text = stored
+                    .map(|r| serde_json::to_string(&r.value).unwrap())
+                    .unwrap_or_default();
                 if text.contains("990") {
                     break;
                 }
@@ -1052,7 +1079,11 @@ async fn rising_exporter_failures_fail_the_send_failure_gate() {
         .collect();
     assert_eq!(
         gates,
-        [("applied", "passed"), ("healthy", "passed"), ("send_failures", "passed")],
+        [
+            ("applied", "passed"),
+            ("healthy", "passed"),
+            ("send_failures", "passed")
+        ],
         "{r}"
     );
     // 100 more sent, 100 more failed: 50% of the new sends.
@@ -1060,8 +1091,7 @@ async fn rising_exporter_failures_fail_the_send_failure_gate() {
     let r = g.halted().await;
     let failure = &r["current"]["waves"][0]["failure"];
     assert_eq!(
-        failure["message"],
-        "failed exporter sends rose from 1.0% to 50.0% (allowed: +10.0 points)",
+        failure["message"], "failed exporter sends rose from 1.0% to 50.0% (allowed: +10.0 points)",
         "{r}"
     );
     g.assert_rolled_back(&r, "send_failures").await;
