@@ -28,7 +28,7 @@ use crate::api::AppState;
 use crate::configstore::draft::selector_text;
 use crate::configstore::{HistoryEntry, RolloutPolicy, REST_WAVE};
 use crate::domain::rollout::{GateResult, Rollout, RolloutAction, RolloutState, WaveCounts, WaveState};
-use crate::domain::DomainError;
+use crate::domain::{DomainError, Role};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -341,7 +341,7 @@ async fn live_data(s: &AppState, v: &Viewer) -> Result<LiveData, UiError> {
     };
     Ok(LiveData {
         configured: s.config_store.is_some(),
-        can_edit: v.layout("", "").can_edit(),
+        can_edit: v.role >= Role::Editor,
         current,
         past,
     })
