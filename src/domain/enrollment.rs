@@ -414,7 +414,7 @@ impl Domain {
     /// is issued when it can be delivered (OpAMP connection settings).
     async fn enroll_with(
         &self,
-        (token_id, mut cur): (String, Versioned<EnrollmentToken>),
+        (token_id, _verified): (String, Versioned<EnrollmentToken>),
         collector_id: &str,
         name: Option<String>,
         reported_labels: Labels,
@@ -426,13 +426,20 @@ impl Domain {
         let actor = Actor::Enrollment {
             token_id: token_id.clone(),
         };
-        for attempt in 0..super::MAX_ATTEMPTS {
-            if attempt > 0 {
-                let Some(again) = self.store.get::<EnrollmentToken>(&token_id).await? else {
-                    return Err(DomainError::Unauthenticated("unknown enrollment token".into()));
-                };
-                cur = again;
-            }
+        // One enrollment transaction at a time per instance. Every one
+        // writes its token's use count, so concurrent ones on a token only
+        // conflict and retry; a burst of agents sharing one token (a fleet
+        // rolled out with it) made each retry up to MAX_ATTEMPTS times and
+        // then refused it as "too contended". The store serializes write
+        // transactions anyway (redb has one writer); other instances still
+        // race on the token's version, which the loop below handles.
+        // The token read before waiting here is likely stale by now: read
+        // it again under the lock rather than lose a commit to it.
+        let _serial = self.enrolling.lock().await;
+        for _ in 0..super::MAX_ATTEMPTS {
+            let Some(cur) = self.store.get::<EnrollmentToken>(&token_id).await? else {
+                return Err(DomainError::Unauthenticated("unknown enrollment token".into()));
+            };
             let mut token = cur.value.clone();
             let now = self.clock.now();
             match state_of(&token, now) {

@@ -184,6 +184,9 @@ pub struct Domain {
     instance: String,
     settings: AuthSettings,
     policy: CredentialPolicy,
+    /// Held by each enrollment transaction of this instance (see
+    /// `enrollment::enroll_with`).
+    enrolling: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How often a commit whose precondition lost a race is retried, for
@@ -198,6 +201,7 @@ impl Domain {
             instance,
             settings,
             policy: CredentialPolicy::default(),
+            enrolling: Arc::default(),
         }
     }
 
