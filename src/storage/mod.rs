@@ -358,7 +358,8 @@ struct Inner {
     /// Test fault point (`fail_reads_of`): reads of this table fail. A std
     /// mutex behind an atomic flag, so unarmed reads take no lock.
     read_fault: (std::sync::atomic::AtomicBool, Mutex<Option<Table>>),
-    metrics: Option<Arc<Metrics>>,
+    /// Set once, by the instance that serves this store (`with_metrics`).
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
 
 /// An armed test fault for the commit it selects.
@@ -486,7 +487,7 @@ impl Store {
                 changes,
                 fault: Mutex::new(None),
                 read_fault: Default::default(),
-                metrics: None,
+                metrics: std::sync::OnceLock::new(),
             }),
             killed: Arc::new(AtomicBool::new(false)),
         }
@@ -519,11 +520,11 @@ impl Store {
         Ok(())
     }
 
-    /// Attach metrics (storage latency). Call before cloning the store.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Store {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.metrics = Some(metrics);
-        }
+    /// Attach metrics (storage latency), for every clone of this store.
+    /// The first call wins. (It used to need the only handle, and `run`
+    /// clones the store first: no storage metric was ever reported.)
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Store {
+        let _ = self.inner.metrics.set(metrics);
         self
     }
 
@@ -845,7 +846,7 @@ impl Store {
     }
 
     fn observe(&self, op: &'static str, start: Instant) {
-        if let Some(m) = &self.inner.metrics {
+        if let Some(m) = self.inner.metrics.get() {
             m.observe_storage(op, start.elapsed());
         }
     }

@@ -57,6 +57,11 @@ async fn login_sets_a_hardened_cookie_and_wrong_passwords_get_problem_json() {
         .await
         .unwrap();
     assert!(metrics.contains("linkmesh_http_requests_total"), "{metrics}");
+    // The login above committed a session: storage latency is reported.
+    assert!(
+        metrics.contains("linkmesh_storage_operation_duration_seconds_count{op=\"commit\"}"),
+        "{metrics}"
+    );
 
     // Logout ends the session server-side.
     let a = admin(&s.base).await;
