@@ -198,11 +198,11 @@ impl Fleet {
             // Never wait for room: a stuck agent must not stall the feed.
             if let Some(push) = push {
                 let uid = ctx.lock().await.agent.uid.to_vec();
-                let _ = push.try_send(super::session::refusal(
+                let _ = push.try_send(Box::new(super::session::refusal(
                     uid,
                     pb::ServerErrorResponseType::BadRequest,
                     TOKEN_REVOKED.into(),
-                ));
+                )));
             }
             self.kick(&id, "its enrollment token was revoked");
         }

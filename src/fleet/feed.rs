@@ -68,7 +68,7 @@ impl Fleet {
                 let Some(out) = self.command_for(&change.key, &mut g).await else {
                     return;
                 };
-                match push.try_send(out.msg) {
+                match push.try_send(Box::new(out.msg)) {
                     Ok(()) => {
                         drop(g);
                         self.delivered(&change.key, &ctx, out.ids).await;

@@ -26,7 +26,7 @@ impl Fleet {
                 // Tell the agent why before closing (OpAMP error response).
                 if let Some((_, Some(push))) = self.inner.sessions.get(&conn.collector_id) {
                     let refusal = session::refusal(uid, pb::ServerErrorResponseType::BadRequest, e.to_string());
-                    let _ = push.send(refusal).await;
+                    let _ = push.send(Box::new(refusal)).await;
                 }
                 self.close(conn);
                 return Err(FleetError::Session(e));
@@ -36,13 +36,13 @@ impl Fleet {
         if let Some(push) = &out.push {
             // The agent paces its own messages, so waiting for room here
             // only slows down that agent.
-            if push.send(out.reply).await.is_err() {
+            if push.send(Box::new(out.reply)).await.is_err() {
                 return Err(FleetError::Closed);
             }
             // A command travels alone (OpAMP), after the reply; it leaves
             // the store's queue only once it is on the stream.
             if let Some(command) = out.command {
-                if push.send(command.msg).await.is_err() {
+                if push.send(Box::new(command.msg)).await.is_err() {
                     return Err(FleetError::Closed);
                 }
                 self.delivered(&conn.collector_id, &out.ctx, command.ids).await;

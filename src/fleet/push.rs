@@ -73,7 +73,7 @@ impl Fleet {
                 remote_config: Some(offer),
                 ..Default::default()
             };
-            if push.try_send(msg).is_err() {
+            if push.try_send(Box::new(msg)).is_err() {
                 tracing::debug!(collector_id = %ctx.collector.id, "Push queue full; the config is offered again on the next report.");
             }
         }

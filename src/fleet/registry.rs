@@ -50,8 +50,11 @@ pub(super) struct Ctx {
 /// A session's state, locked per message (async: processing may read the
 /// store while holding it).
 pub(super) type SharedCtx = Arc<tokio::sync::Mutex<Ctx>>;
-/// The push side of a streaming session (`None` for HTTP polling).
-pub(super) type Push = Option<mpsc::Sender<pb::ServerToAgent>>;
+/// The push side of a streaming session (`None` for HTTP polling). Boxed:
+/// a tokio channel allocates its slots in blocks of 32 up front, and a
+/// ServerToAgent is large (every connection-settings variant inline), so
+/// unboxed each session's queue cost tens of KiB before anything was sent.
+pub(super) type Push = Option<mpsc::Sender<Box<pb::ServerToAgent>>>;
 
 pub(super) struct Entry {
     pub epoch: u64,
@@ -118,7 +121,7 @@ impl Fleet {
         &self,
         auth: Authenticated,
         transport: Transport,
-    ) -> Result<(Conn, mpsc::Receiver<pb::ServerToAgent>), FleetError> {
+    ) -> Result<(Conn, mpsc::Receiver<Box<pb::ServerToAgent>>), FleetError> {
         let (tx, rx) = mpsc::channel(PUSH_QUEUE);
         let conn = self.open(auth, transport, Some(tx)).await?;
         Ok((conn, rx))

@@ -146,6 +146,6 @@ impl CollectorService for GrpcService {
             }
             fleet.close(&conn);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|m| Ok(*m)))))
     }
 }
