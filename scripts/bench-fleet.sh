@@ -26,7 +26,7 @@ for line in sys.stdin:
 if [ "${1:-}" = --smoke ]; then
   cargo build --locked --bin linkmesh >&2
   exe=$(bench_exe)
-  exec "$exe" run --pushes 2 --idle 5s --requests 20 --raw-commits 100 200
+  exec "$exe" run --pushes 2 --idle 5s --requests 20 --raw-commits 100 --stored 1000 200
 fi
 
 cargo build --release --locked --bin linkmesh >&2

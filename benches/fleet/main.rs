@@ -22,6 +22,7 @@ mod clients;
 mod linkmesh;
 mod procs;
 mod report;
+mod stored;
 
 use linkmesh::{applied, Server};
 use procs::Proc;
@@ -71,6 +72,10 @@ struct RunArgs {
     /// Durable commits of the raw redb loop.
     #[arg(long, default_value_t = 2000)]
     raw_commits: usize,
+    /// Collectors stored (not connected) for the summary and page
+    /// latencies at scale; 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    stored: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,11 +124,31 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         eprintln!("{}", serde_json::to_string(&f)?);
         all.push(f);
     }
-    let md = report::markdown(&all, &a.sizes);
+    let stored = if a.stored > 0 {
+        eprintln!("== {} collectors stored: fleet summary and collectors page", a.stored);
+        let st = stored::run(&work.path().join("stored"), a.stored, a.requests)
+            .await
+            .context("stored fleet")?;
+        eprintln!("{}", serde_json::to_string(&st)?);
+        Some(st)
+    } else {
+        None
+    };
+    let md = report::markdown(&all, &a.sizes, stored.as_ref());
     println!("{}", report::table(&all));
+    if let Some(st) = &stored {
+        println!("{}", report::stored_table(st));
+    }
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
-        std::fs::write(out.join("performance.md"), md)?;
+        // The console's page timings come from scripts/bench-ui.sh and are
+        // kept below the generated part.
+        let path = out.join("performance.md");
+        let kept = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|old| old.find(report::KEPT_SECTION).map(|at| old[at..].to_string()))
+            .unwrap_or_default();
+        std::fs::write(&path, md + &kept)?;
         std::fs::write(out.join("performance.json"), serde_json::to_string_pretty(&all)? + "\n")?;
         eprintln!("wrote {}", out.join("performance.md").display());
     }
