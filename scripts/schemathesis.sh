@@ -10,12 +10,17 @@
 #
 #   scripts/schemathesis.sh                 # as in scripts/test.sh
 #   ST_MAX_EXAMPLES=200 scripts/schemathesis.sh   # a longer run
-# Needs: pip install schemathesis (scripts/test.sh installs the pinned one), git.
+# Needs: schemathesis (the version pinned in tests/schemathesis/requirements.txt,
+# which scripts/test.sh installs), git.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=${CARGO_TARGET_DIR:-target}
-cargo build --locked --quiet --bin linkmesh
-bin="$target/debug/linkmesh"
+# LINKMESH_BIN: a linkmesh binary built elsewhere (else the debug build).
+if [ -n "${LINKMESH_BIN:-}" ]; then
+  bin=$LINKMESH_BIN
+else
+  cargo build --locked --quiet --bin linkmesh
+  bin="${CARGO_TARGET_DIR:-target}/debug/linkmesh"
+fi
 
 work=$(mktemp -d)
 pid=
@@ -79,7 +84,13 @@ print(json.load(r)["token"])
 EOF
 )
 
+# Protobuf bodies (OpAMP, OTLP) are sent as raw bytes: tests/schemathesis/hooks.py.
+export PYTHONPATH="$PWD/tests/schemathesis${PYTHONPATH:+:$PYTHONPATH}"
+export SCHEMATHESIS_HOOKS=hooks
 status=0
+# From the scratch directory: schemathesis keeps its example database in
+# the working directory.
+cd "$work"
 st run "$base/api/v1/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \

@@ -54,6 +54,14 @@ command -v chromium >/dev/null || {
 cargo build --bins --locked
 (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error && npm test)
 
+step "API schema tests (schemathesis from PyPI: every operation of the served OpenAPI document)"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/schemathesis/requirements.txt
+bash scripts/schemathesis.sh
+
+step "Fuzzing: 20 s of every target (cargo-fuzz, libFuzzer; its own build of the dependency tree)"
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
+bash scripts/fuzz.sh 20
+
 step "Fleet benchmark smoke run (200 collectors, debug build; it asserts no timing)"
 bash scripts/bench-fleet.sh --smoke
 

@@ -116,7 +116,7 @@ async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
 }
 
 /// Prometheus text exposition (404 when `telemetry.metrics = false`).
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "application/openmetrics-text", body = String), (status = 404, content_type = "text/plain", description = "`telemetry.metrics = false`")))]
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     if !s.metrics_enabled {
         return (

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 mod fleet;
 mod health;
+mod openapi;
 pub mod ratelimit;
 mod rollouts;
 mod routing;
@@ -127,7 +128,12 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(crate::owntelemetry::routes())
         .routes(routes!(openapi_json))
         .split_for_parts();
-    let json = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());
+    let json = serde_json::to_value(&doc)
+        .map(|mut v| {
+            openapi::add_error_responses(&mut v);
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
+        })
+        .unwrap_or_else(|_| "{}".into());
     let _ = state.openapi_json.set(json);
     router
         .merge(crate::ui::routes())

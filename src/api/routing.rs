@@ -66,7 +66,9 @@ pub struct PublishRequest {
 pub struct DraftProblem {
     #[serde(flatten)]
     pub problem: Problem,
-    /// On 422: every problem, with file and key path.
+    /// On 422: every problem, with file and key path. A body that is no
+    /// draft at all is a plain problem (422 without `errors`).
+    #[schema(required = false)]
     pub errors: Vec<ValidationError>,
     /// On 409: the commit the branch is at now.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -75,7 +75,7 @@ async fn update_user(
 
 /// Delete a user (admin); `If-Match` optional.
 #[utoipa::path(delete, path = "/api/v1/users/{username}", tag = "users", params(("username" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)), security(("session" = []), ("bearer" = [])))]
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem, description = "You cannot delete yourself")), security(("session" = []), ("bearer" = [])))]
 async fn delete_user(
     State(s): State<Arc<AppState>>,
     Auth(a): Auth,

@@ -97,7 +97,8 @@ pub struct Component {
     #[schema(value_type = Object)]
     pub settings: Value,
     /// The file (relative to the config directory) that defines it.
-    #[serde(default, skip_deserializing)]
+    #[serde(default, deserialize_with = "not_a_setting")]
+    #[schema(read_only)]
     pub file: String,
 }
 
@@ -113,7 +114,8 @@ pub struct Pipeline {
     #[serde(default)]
     pub processors: Vec<String>,
     pub destinations: Vec<String>,
-    #[serde(default, skip_deserializing)]
+    #[serde(default, deserialize_with = "not_a_setting")]
+    #[schema(read_only)]
     pub file: String,
 }
 
@@ -135,7 +137,8 @@ pub struct Route {
     #[serde(default)]
     pub selector: Selector,
     pub pipelines: Vec<String>,
-    #[serde(default, skip_deserializing)]
+    #[serde(default, deserialize_with = "not_a_setting")]
+    #[schema(read_only)]
     pub file: String,
 }
 
@@ -221,4 +224,14 @@ fn empty_map() -> Value {
 fn settings_from_toml<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
     let table = toml::Table::deserialize(d)?;
     Ok(Value::from(toml::Value::Table(table)))
+}
+
+/// `file` is where the loader found a resource, never a setting: a key of
+/// that name is refused like any unknown one. (Not `skip_deserializing`:
+/// that would also leave it out of the OpenAPI schema of the API's answers,
+/// which do carry it.)
+fn not_a_setting<'de, D: serde::Deserializer<'de>>(_: D) -> Result<String, D::Error> {
+    Err(serde::de::Error::custom(
+        "unknown field `file`: it is not a setting (it names the file a resource is defined in)",
+    ))
 }

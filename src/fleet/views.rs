@@ -18,6 +18,7 @@ use crate::clock::Timestamp;
 use crate::domain::{
     Collector, CollectorStatus, ConfigAssignment, DomainError, Labels, Page, ServerInstance, DEFAULT_ASSIGNMENT,
 };
+use crate::domain::{ConfigState, HealthState, RemoteConfigState};
 use crate::storage::Scan;
 
 /// One collector in the fleet list.
@@ -35,10 +36,12 @@ pub struct FleetCollector {
     pub transport: Option<String>,
     pub last_seen: Option<Timestamp>,
     /// `healthy`, `unhealthy` or `unknown`.
+    #[schema(value_type = HealthState)]
     pub health: String,
     /// `applied`, `applying`, `failed`, `pending` (not yet acknowledged),
     /// `incompatible` (names component types the collector lacks: not
     /// pushed) or `none` (nothing to apply).
+    #[schema(value_type = ConfigState)]
     pub config_status: String,
     /// The collector's error message when `config_status` is `failed`; the
     /// missing component types when `incompatible`.
@@ -119,29 +122,35 @@ impl FleetSort {
 
 fn health_of(s: Option<&StatusDigest>) -> &'static str {
     match s.and_then(|s| s.healthy) {
-        Some(true) => "healthy",
-        Some(false) => "unhealthy",
-        None => "unknown",
+        Some(true) => HealthState::Healthy,
+        Some(false) => HealthState::Unhealthy,
+        None => HealthState::Unknown,
     }
+    .as_str()
 }
 
 fn config_of(s: Option<&StatusDigest>, desired: Option<&Desired>) -> (&'static str, Option<String>) {
-    let Some(d) = desired else { return ("none", None) };
+    let Some(d) = desired else {
+        return (ConfigState::None.as_str(), None);
+    };
     let reported = s.and_then(|s| s.remote.as_ref());
     if reported.is_none_or(|(hash, _, _)| *hash != d.hash_hex) {
         // Not pushed at all (`compat`): say why.
         let missing = super::compat::missing(d, s.and_then(|s| s.available.as_deref()));
         if !missing.is_empty() {
-            return ("incompatible", Some(super::compat::describe(&missing)));
+            return (
+                ConfigState::Incompatible.as_str(),
+                Some(super::compat::describe(&missing)),
+            );
         }
     }
     match reported {
-        Some((hash, status, error)) if *hash == d.hash_hex => match status.as_str() {
-            "APPLIED" => ("applied", None),
-            "FAILED" => ("failed", Some(error.clone())),
-            _ => ("applying", None),
+        Some((hash, status, error)) if *hash == d.hash_hex => match RemoteConfigState::parse(status) {
+            Some(RemoteConfigState::Applied) => (ConfigState::Applied.as_str(), None),
+            Some(RemoteConfigState::Failed) => (ConfigState::Failed.as_str(), Some(error.clone())),
+            _ => (ConfigState::Applying.as_str(), None),
         },
-        _ => ("pending", None),
+        _ => (ConfigState::Pending.as_str(), None),
     }
 }
 

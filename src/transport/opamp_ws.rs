@@ -17,7 +17,9 @@ use crate::proto::opamp_msgs as pb;
 #[utoipa::path(get, path = "/v1/opamp", tag = "opamp",
     params(("Authorization" = String, Header, description = "Bearer <collector credential>")),
     responses((status = 101, description = "WebSocket upgrade; frames are a varint header 0 + opamp.proto messages"),
+        (status = 400, content_type = "text/plain", description = "not a WebSocket upgrade request (a header is missing or wrong)"),
         (status = 401, description = "unknown or revoked credential"), (status = 403, description = "refused (expired or revoked enrollment token)"),
+        (status = 426, content_type = "text/plain", description = "the connection cannot be upgraded"),
         (status = 429, description = "too many refused first contacts from this address; see `Retry-After`", headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "storage unavailable; try again")))]
 pub async fn upgrade(

@@ -913,5 +913,109 @@ async fn filters_and_states_are_closed_sets_named_in_errors_and_the_document() {
         ["APPLIED", "APPLYING", "FAILED", "UNSET"]
     );
     assert_eq!(field("StoreStatus", "mode"), ["local", "mirror"]);
+    assert_eq!(field("FleetCollector", "health"), ["healthy", "unhealthy", "unknown"]);
+    assert_eq!(
+        field("FleetCollector", "config_status"),
+        ["applied", "applying", "failed", "pending", "incompatible", "none"]
+    );
+    s.stop().await;
+}
+
+/// What a collector is told when it is refused or the store fails: an
+/// agent polling OpAMP over HTTP with a revoked credential gets 401 and is
+/// never shown connected; a first contact whose enrollment cannot be
+/// stored gets 503 with a retry hint and no storage internals, is not
+/// shown at all, and enrolls once the store works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_or_failed_opamp_agents_are_not_shown_and_see_no_storage_internals() {
+    use linkmesh::proto::opamp_msgs as pb;
+    use linkmesh::storage::Table;
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // The old credential stops working the moment it is rotated away.
+    config.auth.credential_rotation_overlap = Duration::from_secs(0);
+    let s = start(open_store(dir.path()).await, config).await;
+    let a = admin(&s.base).await;
+    let (token_id, token) = enrollment_token(&s.base, &a, json!({"name": "t"})).await;
+    let enrolled: Value = enroll(&s.base, &token, None).await.json().await.unwrap();
+    let id = enrolled["collector_id"].as_str().unwrap().to_string();
+    let old = enrolled["credential"].as_str().unwrap().to_string();
+    let r = a
+        .post(format!("{}/api/v1/collectors/{id}/rotate-credential", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+
+    let poll = |bearer: String, uid: uuid::Uuid| {
+        let m = pb::AgentToServer {
+            instance_uid: uid.as_bytes().to_vec(),
+            sequence_num: 1,
+            capabilities: 0x1,
+            agent_description: Some(pb::AgentDescription::default()),
+            ..Default::default()
+        };
+        reqwest::Client::new()
+            .post(format!("{}/v1/opamp", s.base))
+            .bearer_auth(bearer)
+            .header("content-type", "application/x-protobuf")
+            .body(m.encode_to_vec())
+            .send()
+    };
+    let uid = uuid::Uuid::parse_str(&id).unwrap();
+    for _ in 0..3 {
+        let r = poll(old.clone(), uid).await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let detail: Value = a
+        .get(format!("{}/api/v1/collectors/{id}", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["connected"], false, "{detail}");
+    let summary: Value = a
+        .get(format!("{}/api/v1/fleet/summary", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["connected"], 0, "{summary}");
+
+    // First contact with the token while the enrollment cannot be stored.
+    let newcomer = uuid::Uuid::now_v7();
+    s.store.fail_commit_touching(Table::EnrollmentTokens, &token_id, 1);
+    let r = poll(token.clone(), newcomer).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("content-type"));
+    let body = r.text().await.unwrap();
+    for internal in ["injected", "fault", "redb", "table", "EnrollmentTokens", "commit"] {
+        assert!(!body.contains(internal), "{internal:?} reaches the collector: {body}");
+    }
+    assert!(body.contains("try again"), "{body}");
+    let r = a
+        .get(format!("{}/api/v1/collectors/{newcomer}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a collector whose enrollment failed is shown");
+    // The store works again: the same agent enrolls on its next poll.
+    let r = poll(token, newcomer).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let detail: Value = a
+        .get(format!("{}/api/v1/collectors/{newcomer}", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["id"], newcomer.to_string(), "{detail}");
     s.stop().await;
 }
