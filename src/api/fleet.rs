@@ -84,7 +84,8 @@ async fn list_collectors(
 }
 
 /// One collector in full: labels, description, health, effective and
-/// desired config, status, holding instance (viewer). `ETag`: its version.
+/// desired config, status, holding instance, own telemetry (viewer).
+/// `ETag`: its version.
 #[utoipa::path(get, path = "/api/v1/collectors/{id}", tag = "fleet", params(("id" = String, Path)),
     responses((status = 200, body = CollectorDetail), (status = 404, body = Problem)), security(("session" = []), ("bearer" = [])))]
 async fn get_collector(
@@ -93,7 +94,8 @@ async fn get_collector(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     a.require(Role::Viewer)?;
-    let d = s.fleet.detail(&id).await?;
+    let mut d = s.fleet.detail(&id).await?;
+    d.telemetry = Some(s.own_telemetry.figures(&id).await?);
     Ok(with_etag(d.summary.version, d))
 }
 

@@ -56,6 +56,9 @@ pub struct CollectorDetail {
     pub summary: FleetCollector,
     pub status: Option<CollectorStatus>,
     pub desired: Option<DesiredView>,
+    /// What it reports about itself (own telemetry: totals and rates per
+    /// component and signal), added by the API from `crate::owntelemetry`.
+    pub telemetry: Option<crate::owntelemetry::CollectorTelemetry>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -441,6 +444,7 @@ impl Fleet {
             summary,
             status,
             desired,
+            telemetry: None,
         })
     }
 }

@@ -134,13 +134,26 @@ impl OwnTelemetry {
     /// A collector's figures: this instance's own if it received the
     /// newest report, else the stored rollup.
     pub async fn collector(&self, collector_id: &str) -> Result<CollectorTelemetry, DomainError> {
-        let store = self.inner.domain.store();
-        if store.get::<Collector>(collector_id).await?.is_none() {
+        if self
+            .inner
+            .domain
+            .store()
+            .get::<Collector>(collector_id)
+            .await?
+            .is_none()
+        {
             return Err(DomainError::NotFound {
                 what: "collector",
                 id: collector_id.into(),
             });
         }
+        self.figures(collector_id).await
+    }
+
+    /// `collector` for a collector the caller knows exists (the detail
+    /// view): one store read, the rollup.
+    pub async fn figures(&self, collector_id: &str) -> Result<CollectorTelemetry, DomainError> {
+        let store = self.inner.domain.store();
         let live = self.with_aggregator(|a| a.figures(collector_id));
         let stored = store.get::<TelemetryRollup>(collector_id).await?.map(|v| v.value);
         let (updated_at, instance, components) = match (live, stored) {

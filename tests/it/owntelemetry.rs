@@ -413,6 +413,47 @@ async fn bad_bodies_oversize_and_missing_credentials_are_refused_with_the_reason
     assert_eq!(sent["total"], 11.0, "{doc}");
     assert!((sent["rate"].as_f64().unwrap() - 0.3).abs() < 1e-9, "{doc}");
 
+    // The collector detail carries the same figures, on either instance
+    // (b from the rollup), and the OpenAPI document describes the field.
+    let detail_of = |base: String| {
+        let admin = admin.clone();
+        let c1 = c1.clone();
+        async move {
+            let d: Value = admin
+                .get(format!("{base}/api/v1/collectors/{c1}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            d["telemetry"].clone()
+        }
+    };
+    let on_a = detail_of(a.base.clone()).await;
+    assert_eq!(on_a["components"], doc["components"], "{on_a}");
+    assert_eq!(on_a["instance"], "a");
+    let on_b = poll_json(
+        "c1's detail on b with its figures",
+        async || detail_of(b.base.clone()).await,
+        |t| component(t, "exporter", "otlphttp/x", "spans").is_some_and(|c| c["counters"]["sent"]["total"] == 11.0),
+    )
+    .await;
+    assert_eq!(on_b["instance"], "a", "{on_b}");
+    let doc_api: Value = reqwest::get(format!("{}/api/v1/openapi.json", a.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc_api["components"]["schemas"];
+    let detail = schemas["CollectorDetail"].to_string();
+    assert!(
+        detail.contains("\"telemetry\"") && detail.contains("#/components/schemas/CollectorTelemetry"),
+        "telemetry missing from CollectorDetail in the OpenAPI document: {detail}"
+    );
+    assert!(schemas["CollectorTelemetry"]["properties"]["components"].is_object());
+
     // Deregistered: its figures go with it, on every instance and in the store.
     poll_json(
         "the rollup of c1 on b",
