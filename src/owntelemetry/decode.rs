@@ -110,8 +110,11 @@ impl ComponentKind {
 }
 
 /// What a component counts: the signal's unit of data.
+// Named apart in the OpenAPI document: the config store's `Signal`
+// (traces/metrics/logs) is another type, and one name would replace the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = TelemetrySignal)]
 pub enum Signal {
     Spans,
     MetricPoints,
