@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use axum::http::{header, HeaderMap, HeaderValue};
 use prost::Message;
 
+use crate::api::body::{self, BodyError, Limit};
 use crate::api::ratelimit::ClientAddr;
 use crate::clock::Timestamp;
 use crate::config::IpNet;
@@ -23,6 +24,9 @@ use crate::domain::secrets::{self, SecretKind};
 use crate::domain::CollectorStatus;
 use crate::fleet::desired::Desired;
 use crate::fleet::session::{uid_string, AgentState};
+use crate::owntelemetry::aggregate::{Aggregator, MAX_SERIES_PER_COLLECTOR};
+use crate::owntelemetry::decode::{self, Encoding};
+use crate::owntelemetry::{ComponentFigures, ComponentKey, Measure};
 use crate::proto::opamp_msgs as pb;
 
 /// Separates the TOML text from the environment overrides (`NAME=value`
@@ -179,6 +183,39 @@ const COLLECTOR_ID: &str = "0192f7a4-5b6c-7d8e-9f00-112233445566";
 /// the limit quickly).
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// `Content-Encoding` values the body targets choose from with a byte of
+/// their input (`None`: no header).
+fn content_encoding(pick: u8) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let codings = ["identity", "gzip", "", " GZIP ", "br", "deflate", "x-gzip"];
+    if let Some(coding) = codings.get(usize::from(pick & 7)) {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+    }
+    headers
+}
+
+/// A body with its encoding undone (`crate::api::body`, what both HTTP
+/// collector endpoints use): within the limit, or refused with a 4xx.
+fn decoded_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+    match body::decoded(headers, body, Limit::max_request_bytes(BODY_LIMIT)) {
+        Ok(raw) => {
+            assert!(
+                raw.len() <= BODY_LIMIT,
+                "a decoded body of {} bytes passed the limit",
+                raw.len()
+            );
+            Some(raw)
+        }
+        Err(e) => {
+            assert!(e.status().is_client_error(), "refused with {}", e.status());
+            if let BodyError::TooLarge(limit) = &e {
+                assert!(e.to_string().contains(limit.setting), "a 413 that names no limit: {e}");
+            }
+            None
+        }
+    }
+}
+
 /// The OpAMP HTTP body path: the first byte picks the `Content-Encoding`,
 /// the rest is the body; a decoded body must stay within the limit and is
 /// then handled as one AgentToServer.
@@ -186,27 +223,76 @@ pub fn opamp_http_body(data: &[u8]) {
     let Some((&pick, body)) = data.split_first() else {
         return;
     };
-    let mut headers = HeaderMap::new();
-    let encoding = ["identity", "gzip", "", " gzip ", "br", "deflate"][usize::from(pick) % 6];
-    if pick < 250 {
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+    let Some(raw) = decoded_body(&content_encoding(pick), body) else {
+        return;
+    };
+    if let Ok(msg) = pb::AgentToServer::decode(raw.as_ref()) {
+        let mut state = new_state();
+        let _ = state.process(msg, Some(&desired()), Timestamp(1));
     }
-    let body = axum::body::Bytes::copy_from_slice(body);
-    match crate::transport::opamp_http::decode_body(&headers, &body, BODY_LIMIT) {
-        Ok(raw) => {
-            assert!(
-                raw.len() <= BODY_LIMIT,
-                "a decoded body of {} bytes passed the limit",
-                raw.len()
-            );
-            if let Ok(msg) = pb::AgentToServer::decode(raw.as_slice()) {
-                let mut state = new_state();
-                let _ = state.process(msg, Some(&desired()), Timestamp(1));
+}
+
+/// The OTLP/HTTP metrics body path (`POST /v1/metrics` after its
+/// authentication): the first byte picks the `Content-Encoding` (low three
+/// bits) and protobuf or JSON (bit 3), the rest is the body. Then decode,
+/// and what the decoded points do to a collector's figures: ingested twice
+/// (a sender retrying the same request), every total stays finite and never
+/// goes backwards, rates are never negative, series stay bounded, and the
+/// figures survive the JSON round trip of a rollup record.
+pub fn otlp_body(data: &[u8]) {
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    let encoding = if pick & 8 == 0 {
+        Encoding::Protobuf
+    } else {
+        Encoding::Json
+    };
+    let Some(raw) = decoded_body(&content_encoding(pick), body) else {
+        return;
+    };
+    let decoded = match decode::decode(encoding, &raw) {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(!e.to_string().is_empty(), "a refusal without a reason");
+            return;
+        }
+    };
+    assert!(decoded.reasons.len() as u64 <= decoded.rejected, "{decoded:?}");
+    for p in &decoded.points {
+        assert!(
+            p.value.is_finite() && (0.0..=decode::MAX_VALUE).contains(&p.value),
+            "kept a value of {}",
+            p.value
+        );
+        assert!(p.time_ns > 0 && !p.component.id.is_empty(), "kept {p:?}");
+    }
+    let mut figures = Aggregator::default();
+    let mut before: BTreeMap<(ComponentKey, Measure), f64> = BTreeMap::new();
+    for round in 1..=2 {
+        let applied = figures.ingest("fuzz", &decoded.points, Timestamp(round));
+        assert_eq!(
+            applied.accepted + applied.rejected,
+            decoded.points.len() as u64,
+            "points neither applied nor refused"
+        );
+        let Some((_, components)) = figures.figures("fuzz") else {
+            unreachable!("the collector just reported")
+        };
+        let series: usize = components.iter().map(|c| c.counters.len()).sum();
+        assert!(series <= MAX_SERIES_PER_COLLECTOR, "{series} series kept");
+        for c in &components {
+            for (measure, f) in &c.counters {
+                assert!(f.total.is_finite() && f.total >= 0.0, "total {} of {c:?}", f.total);
+                assert!(f.rate.is_none_or(|r| r.is_finite() && r >= 0.0), "rate of {c:?}");
+                let key = (c.component.clone(), *measure);
+                let earlier = before.insert(key, f.total).unwrap_or(0.0);
+                assert!(f.total >= earlier, "a total went back from {earlier} to {}", f.total);
             }
         }
-        Err((status, message)) => {
-            assert!(status.is_client_error(), "refused with {status}");
-            assert!(!message.is_empty());
+        let json = serde_json::to_string(&components).unwrap_or_else(|e| panic!("figures not JSON: {e}"));
+        if let Err(e) = serde_json::from_str::<Vec<ComponentFigures>>(&json) {
+            panic!("a rollup of these figures could not be read back: {e}: {json}");
         }
     }
 }
@@ -317,6 +403,11 @@ mod tests {
     #[test]
     fn opamp_http_body_seeds() {
         replay("opamp_http_body", super::opamp_http_body);
+    }
+
+    #[test]
+    fn otlp_body_seeds() {
+        replay("otlp_body", super::otlp_body);
     }
 
     #[test]

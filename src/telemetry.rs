@@ -41,6 +41,7 @@ pub struct Metrics {
     change_feed_progress_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     own_telemetry_points: Family<Labels, Counter>,
     own_telemetry_rollups: Counter,
+    collector_bodies: Family<Labels, Counter>,
     /// Collectors whose own telemetry this instance holds in memory.
     pub own_telemetry_collectors: Gauge,
     config_override: Family<Labels, Gauge>,
@@ -187,6 +188,15 @@ impl Metrics {
             "Collector own-metrics data points received on POST /v1/metrics, by outcome (accepted, rejected)",
             own_telemetry_points.clone(),
         );
+        // Bodies collectors sent that the server decompressed and decoded:
+        // only authenticated requests get that far, so a rise here without
+        // a rise in collectors is worth a look.
+        let collector_bodies = Family::<Labels, Counter>::default();
+        registry.register(
+            "collector_bodies_decoded",
+            "Collector request bodies (OpAMP HTTP, OTLP) the server decompressed and decoded, by endpoint and outcome (ok, refused)",
+            collector_bodies.clone(),
+        );
         let own_telemetry_rollups = Counter::default();
         registry.register(
             "own_telemetry_rollups_written",
@@ -247,6 +257,7 @@ impl Metrics {
             config_head_valid,
             own_telemetry_points,
             own_telemetry_rollups,
+            collector_bodies,
             own_telemetry_collectors,
             config_override,
             http_latency_all: LatencyBuckets::default(),
@@ -267,6 +278,18 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+    }
+
+    /// A collector's body was decoded (`endpoint`: `opamp_http` or
+    /// `otlp_metrics`), successfully or not.
+    pub fn collector_body_decoded(&self, endpoint: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "refused" };
+        self.collector_bodies
+            .get_or_create(&vec![
+                ("endpoint", endpoint.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
     }
 
     pub fn own_telemetry_rollups_written(&self, n: u64) {

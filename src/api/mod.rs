@@ -3,6 +3,7 @@
 //! the error. They never touch the store directly.
 
 pub(crate) mod auth;
+pub mod body;
 mod canvas;
 mod collectors;
 mod configstore;
@@ -124,6 +125,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
                 limiter: state.limits.enroll.clone(),
                 trusted_proxies: state.limits.trusted_proxies.clone(),
             },
+            metrics: state.metrics.clone(),
         }))
         .merge(crate::owntelemetry::routes())
         .routes(routes!(openapi_json))

@@ -1,5 +1,8 @@
 //! OTLP/HTTP metrics bodies → the data points LinkMesh tracks.
 //!
+//! The `Content-Encoding` is undone before this, by `crate::api::body` (the
+//! one bounded gunzip, shared with OpAMP over HTTP).
+//!
 //! Protobuf (`application/x-protobuf`) is decoded with the upstream
 //! generated types; JSON (`application/json`) with a small lenient model of
 //! the OTLP JSON encoding (64-bit integers as strings or numbers, enums as
@@ -10,9 +13,6 @@
 //! `MetricName`); every other metric is ignored, not refused. Resource
 //! attributes are never read: figures belong to the authenticated collector.
 
-use std::io::Read;
-
-use flate2::read::GzDecoder;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
@@ -23,13 +23,17 @@ use utoipa::ToSchema;
 /// How many refusal reasons a reply names (the count covers all of them).
 const MAX_REASONS: usize = 3;
 
+/// The largest value a point may carry: a collector's counters are 64-bit
+/// integers, and a larger figure (a double up to 1.8e308) would make totals
+/// summed over counter resets overflow to infinity, which JSON cannot
+/// carry: the rollup record holding it could not be read back.
+pub const MAX_VALUE: f64 = 18_446_744_073_709_551_615.0;
+
 /// Why a body was not accepted at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("{0}")]
-    TooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
 }
@@ -60,32 +64,6 @@ impl Encoding {
             Encoding::Protobuf => "application/x-protobuf",
             Encoding::Json => "application/json",
         }
-    }
-}
-
-/// The body with its `Content-Encoding` undone, never larger than `limit`.
-pub fn decompress(content_encoding: Option<&str>, body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
-    match content_encoding
-        .unwrap_or("identity")
-        .trim()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "identity" | "" => Ok(body.to_vec()),
-        "gzip" => {
-            let mut out = Vec::new();
-            // One byte past the limit tells "too large" from "fits".
-            match GzDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut out) {
-                Ok(n) if n > limit => Err(DecodeError::TooLarge(format!(
-                    "the decompressed body exceeds {limit} bytes"
-                ))),
-                Ok(_) => Ok(out),
-                Err(e) => Err(DecodeError::BadRequest(format!("invalid gzip body: {e}"))),
-            }
-        }
-        other => Err(DecodeError::UnsupportedMediaType(format!(
-            "Content-Encoding {other:?} is not supported; send gzip or identity"
-        ))),
     }
 }
 
@@ -374,7 +352,11 @@ fn classify(out: &mut Decoded, name: &str, shape: Shape, points: Vec<RawPoint<'_
             }
         };
         let value = match p.value {
-            Some(v) if v.is_finite() && v >= 0.0 => v,
+            Some(v) if v.is_finite() && (0.0..=MAX_VALUE).contains(&v) => v,
+            Some(v) if v > MAX_VALUE => {
+                out.reject(format!("{name}: a value is larger than 2^64"));
+                continue;
+            }
             Some(_) => {
                 out.reject(format!("{name}: a value is negative or not a number"));
                 continue;
@@ -680,6 +662,19 @@ mod tests {
     }
 
     #[test]
+    fn values_beyond_64_bits_are_refused_so_totals_stay_finite() {
+        let body = br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[
+            {"name":"otelcol_receiver_accepted_spans","sum":{"aggregationTemporality":2,"isMonotonic":true,"dataPoints":[
+              {"attributes":[{"key":"receiver","value":{"stringValue":"otlp"}}],"timeUnixNano":"2","asDouble":1e308},
+              {"attributes":[{"key":"receiver","value":{"stringValue":"otlp"}}],"timeUnixNano":"3","asDouble":18446744073709551615}]}}
+          ]}]}]}"#;
+        let d = decode(Encoding::Json, body).unwrap();
+        assert_eq!(d.points.len(), 1, "2^64 - 1 is kept");
+        assert_eq!(d.rejected, 1);
+        assert!(d.reasons[0].contains("larger than 2^64"), "{:?}", d.reasons);
+    }
+
+    #[test]
     fn content_types_and_encodings() {
         assert_eq!(
             Encoding::from_content_type(Some("application/json; charset=utf-8")).unwrap(),
@@ -688,14 +683,6 @@ mod tests {
         assert!(matches!(
             Encoding::from_content_type(None),
             Err(DecodeError::UnsupportedMediaType(_))
-        ));
-        assert!(matches!(
-            decompress(Some("br"), b"", 10),
-            Err(DecodeError::UnsupportedMediaType(_))
-        ));
-        assert!(matches!(
-            decompress(Some("gzip"), b"nope", 10),
-            Err(DecodeError::BadRequest(_))
         ));
     }
 }

@@ -14,10 +14,10 @@
 //! This module never writes to the store outside `rollup`, and never
 //! touches collector sessions (`crate::fleet`).
 
-mod aggregate;
+pub(crate) mod aggregate;
 mod api;
 mod auth;
-mod decode;
+pub(crate) mod decode;
 mod otlp;
 mod rollup;
 

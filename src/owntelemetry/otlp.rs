@@ -1,5 +1,6 @@
-//! `POST /v1/metrics`: the OTLP/HTTP metrics receiver (thin: decode,
-//! authenticate, ingest, reply the way OTLP senders expect).
+//! `POST /v1/metrics`: the OTLP/HTTP metrics receiver (thin: authenticate,
+//! then decompress and decode, ingest, reply the way OTLP senders expect).
+//! Nothing of the body is inflated or decoded for an unknown sender.
 //!
 //! Replies follow the OTLP/HTTP specification: success is an
 //! `ExportMetricsServiceResponse` (with `partial_success` when points were
@@ -17,6 +18,7 @@ use prost::Message;
 
 use super::auth::{self, AuthError};
 use super::decode::{self, DecodeError, Encoding};
+use crate::api::body::{self, BodyError, Limit};
 use crate::api::AppState;
 
 /// `google.rpc.Status`, the error body of OTLP/HTTP (only the fields
@@ -121,18 +123,21 @@ pub async fn export_metrics(State(s): State<Arc<AppState>>, headers: HeaderMap, 
                 .into_response()
         }
     };
-    let decoded = decode::decompress(header_str(header::CONTENT_ENCODING), &body, s.max_request_bytes)
-        .and_then(|raw| decode::decode(encoding, &raw));
+    let decoded = match body::decoded(&headers, &body, Limit::max_request_bytes(s.max_request_bytes)) {
+        Ok(raw) => decode::decode(encoding, &raw),
+        Err(e) => {
+            s.metrics.collector_body_decoded("otlp_metrics", false);
+            // OTLP senders read only the HTTP status and the message.
+            let code = match e {
+                BodyError::TooLarge(_) => RESOURCE_EXHAUSTED,
+                BodyError::InvalidGzip(_) | BodyError::UnsupportedEncoding(_) => INVALID_ARGUMENT,
+            };
+            return failure(encoding, e.status(), code, e.to_string());
+        }
+    };
+    s.metrics.collector_body_decoded("otlp_metrics", decoded.is_ok());
     let decoded = match decoded {
         Ok(d) => d,
-        Err(e @ DecodeError::TooLarge(_)) => {
-            return failure(
-                encoding,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                RESOURCE_EXHAUSTED,
-                e.to_string(),
-            )
-        }
         Err(e @ DecodeError::UnsupportedMediaType(_)) => {
             return failure(
                 encoding,

@@ -31,6 +31,8 @@ pub struct OpampState {
     /// Largest request body or WebSocket message, after decompression.
     pub max_request_bytes: usize,
     pub first_contact: FirstContactLimit,
+    /// Bodies decoded (`crate::telemetry::Metrics::collector_body_decoded`).
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl OpampState {

@@ -449,3 +449,120 @@ async fn the_sim_binary_reports_available_components() {
     sim.kill().await.unwrap();
     s.stop().await;
 }
+
+/// `linkmesh_collector_bodies_decoded_total` of `endpoint` and `outcome`,
+/// from the instance's `/metrics` (0 before the first one).
+async fn bodies_decoded(base: &str, endpoint: &str, outcome: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("linkmesh_collector_bodies_decoded_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// On both collector endpoints that take a body, OpAMP over HTTP and OTLP
+/// `/v1/metrics`, who is calling is settled before anything the caller sent
+/// is inflated or decoded: without a credential, with a guessed one or one
+/// off by a character, a gzip bomb, garbage and a well-formed message all
+/// get 401, and the server's count of decoded bodies stays at zero. The
+/// collector's own credential then gets each body decoded and answered on
+/// its merits (413 naming the limit, 400, 200), and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_of_unknown_senders_are_refused_before_they_are_inflated_or_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.max_request_bytes = 64 * 1024;
+    let s = start(open_store(dir.path()).await, config).await;
+    let admin = admin(&s.base).await;
+    let (_, token) = enrollment_token(&s.base, &admin, json!({"name": "bodies"})).await;
+    let uid = uuid::Uuid::now_v7();
+    let e: Value = enroll(&s.base, &token, Some(&uid.to_string()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let credential = e["credential"].as_str().unwrap().to_string();
+    let mut off_by_one = credential.clone();
+    let last = off_by_one.pop().unwrap();
+    off_by_one.push(if last == 'a' { 'b' } else { 'a' });
+
+    // 16 MiB of zeros in about 16 KiB: far past the 64 KiB limit once
+    // inflated, well within it as sent.
+    let bomb = gzip(&vec![0u8; 16 << 20]);
+    assert!(bomb.len() < 64 * 1024);
+    let garbage: Vec<u8> = (0..32 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let opamp_ok = gzip(&hello(uid.as_bytes()).encode_to_vec());
+    let otlp_ok = gzip(b"{}");
+    let endpoints = [
+        ("/v1/opamp", "opamp_http", "application/x-protobuf", &opamp_ok),
+        ("/v1/metrics", "otlp_metrics", "application/json", &otlp_ok),
+    ];
+    let http = reqwest::Client::new();
+    let send = async |path: &str, content_type: &str, bearer: Option<&str>, body: &[u8]| {
+        let mut r = http
+            .post(format!("{}{path}", s.base))
+            .header("content-type", content_type)
+            .header("content-encoding", "gzip")
+            .body(body.to_vec());
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+
+    for (path, _, content_type, ok) in endpoints {
+        for bearer in [
+            None,
+            Some("nope"),
+            Some("lmc_guessed_guessed"),
+            Some(off_by_one.as_str()),
+        ] {
+            for (what, body) in [("a gzip bomb", &bomb), ("garbage", &garbage), ("a valid body", ok)] {
+                let (status, text) = send(path, content_type, bearer, body).await;
+                assert_eq!(status, 401, "{path} with {what} and bearer {bearer:?}: {text}");
+            }
+        }
+    }
+    for (_, endpoint, _, _) in endpoints {
+        for outcome in ["ok", "refused"] {
+            assert_eq!(
+                bodies_decoded(&s.base, endpoint, outcome).await,
+                0,
+                "{endpoint}: a body of an unknown sender was decoded"
+            );
+        }
+    }
+
+    // The collector itself: each body is decoded and judged.
+    for (path, endpoint, content_type, ok) in endpoints {
+        let (status, text) = send(path, content_type, Some(&credential), &bomb).await;
+        assert_eq!(status, 413, "{path}: {text}");
+        assert!(
+            text.contains("exceeds 65536 bytes (server.max_request_bytes)"),
+            "{path}: the 413 names the limit: {text}"
+        );
+        let (status, text) = send(path, content_type, Some(&credential), &garbage).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("invalid gzip body"), "{path}: {text}");
+        let (status, text) = send(path, content_type, Some(&credential), ok).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        assert_eq!(bodies_decoded(&s.base, endpoint, "refused").await, 2, "{endpoint}");
+        assert_eq!(bodies_decoded(&s.base, endpoint, "ok").await, 1, "{endpoint}");
+    }
+    s.stop().await;
+}
