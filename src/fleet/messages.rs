@@ -133,7 +133,14 @@ impl Fleet {
         let desired = g.desired.clone();
         let processed = g.agent.process(msg, desired.as_deref(), now)?;
         if processed.status_changed {
-            self.inner.writer.put(g.agent.status.clone());
+            let mut status = g.agent.status.clone();
+            match (processed.effective_files, status.effective_config.as_mut()) {
+                (Some(files), Some(e)) => {
+                    e.files = files;
+                    self.inner.writer.put(status);
+                }
+                _ => self.inner.writer.put_keeping_bodies(status),
+            }
         } else {
             // Nothing to store, but the fleet list shows when it was seen.
             self.inner.index.seen(&conn.collector_id, now);

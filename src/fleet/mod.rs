@@ -185,7 +185,7 @@ impl Fleet {
             let mut status = entry.ctx.lock().await.agent.status.clone();
             status.connected = false;
             status.last_seen = Some(now);
-            self.inner.writer.put(status);
+            self.inner.writer.put_keeping_bodies(status);
         }
         self.inner.metrics.connected_collectors.set(0);
         let unsaved = self.inner.writer.flush(self.inner.domain.store()).await;

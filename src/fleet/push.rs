@@ -2,6 +2,13 @@
 //! depends on changed (a new config-store commit, its labels, its pinned
 //! config, the fleet default), and only a changed hash is offered.
 //!
+//! A fleet-wide change (a commit, the fleet default, a rollout step) walks
+//! every session once without awaiting any of them: the resolver answers
+//! from its caches (one render per commit and label set, the default read
+//! at most once), a session with a pinned config is skipped (nothing
+//! fleet-wide changes it), and a session busy with a message of its own is
+//! handed to a task of its own instead of holding up the rest.
+//!
 //! It must not decide the resolution order (`resolve`) nor react to the
 //! change feed itself (`feed`).
 
@@ -9,10 +16,21 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::registry::{Push, SharedCtx};
+use super::desired::Desired;
+use super::registry::{Ctx, Push, SharedCtx};
 use super::session;
 use super::Fleet;
 use crate::proto::opamp_msgs as pb;
+
+/// What one fleet-wide pass did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Pass {
+    pub sessions: usize,
+    /// Sessions whose desired config changed (streams were sent it).
+    pub changed: usize,
+    /// Sessions busy with a message of their own, refreshed on their own.
+    pub deferred: usize,
+}
 
 impl Fleet {
     /// A new valid commit is served: re-resolve every session; only those
@@ -24,28 +42,54 @@ impl Fleet {
         while rx.changed().await.is_ok() {
             let commit = rx.borrow_and_update().as_ref().map(|s| s.revision.commit.clone());
             let started = Instant::now();
-            let all = self.inner.sessions.all();
-            let mut pushed = 0usize;
-            for (_, ctx, push) in &all {
-                if self.refresh(ctx, push).await {
-                    pushed += 1;
-                }
-            }
+            let pass = self.refresh_all().await;
             tracing::info!(
                 commit = commit.as_deref().unwrap_or(""),
-                sessions = all.len(),
-                pushed,
+                sessions = pass.sessions,
+                pushed = pass.changed,
+                deferred = pass.deferred,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "Applied a new config revision to the fleet."
             );
         }
     }
 
-    /// Re-resolve every session (the fleet default changed).
-    pub(super) async fn refresh_all(&self) {
-        for (_, ctx, push) in self.inner.sessions.all() {
-            self.refresh(&ctx, &push).await;
+    /// Re-resolve every session after a fleet-wide change (the fleet
+    /// default, a commit, a rollout step).
+    pub(super) async fn refresh_all(&self) -> Pass {
+        let all = self.inner.sessions.all();
+        let mut pass = Pass {
+            sessions: all.len(),
+            ..Pass::default()
+        };
+        // At most one store read for the whole pass.
+        let default = match self.inner.resolver.default().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read the fleet default config; the fleet keeps its configs.");
+                return pass;
+            }
+        };
+        for (_, ctx, push) in all {
+            let Ok(mut g) = ctx.try_lock() else {
+                // Processing a message (it may be waiting on the store):
+                // it resolves on its own, after it.
+                pass.deferred += 1;
+                let fleet = self.clone();
+                self.inner.tasks.spawn("config push", async move {
+                    fleet.refresh(&ctx, &push).await;
+                });
+                continue;
+            };
+            if g.pinned {
+                continue;
+            }
+            let desired = self.inner.resolver.pick(None, &g.collector, default.clone());
+            if self.apply(&mut g, &push, desired) {
+                pass.changed += 1;
+            }
         }
+        pass
     }
 
     /// Re-resolve a session's desired config and push it if it changed;
@@ -59,6 +103,12 @@ impl Fleet {
                 return false;
             }
         };
+        self.apply(&mut ctx, push, desired)
+    }
+
+    /// Make `desired` the session's desired config and offer it on its
+    /// stream if its hash changed; returns whether it changed.
+    fn apply(&self, ctx: &mut Ctx, push: &Push, desired: Option<Arc<Desired>>) -> bool {
         if desired.as_ref().map(|d| &d.hash) == ctx.desired.as_ref().map(|d| &d.hash) {
             return false;
         }

@@ -224,7 +224,7 @@ impl Fleet {
             let mut status = entry.ctx.lock().await.agent.status.clone();
             status.connected = false;
             status.last_seen = Some(now);
-            writer.put(status);
+            writer.put_keeping_bodies(status);
         });
     }
 
@@ -235,9 +235,20 @@ impl Fleet {
 
     /// The in-memory status of a collector whose session this instance holds
     /// (fresher than the stored one: it has the latest `last_seen`).
+    /// The session holds only the effective config's hash: its bodies are
+    /// read here, from the writer's queue or the store.
     pub async fn live_status(&self, collector_id: &str) -> Option<(CollectorStatus, Option<Arc<Desired>>)> {
         let (ctx, _) = self.inner.sessions.get(collector_id)?;
-        let ctx = ctx.lock().await;
-        Some((ctx.agent.status.clone(), ctx.desired.clone()))
+        let (mut status, desired) = {
+            let ctx = ctx.lock().await;
+            (ctx.agent.status.clone(), ctx.desired.clone())
+        };
+        if let Some(e) = status.effective_config.as_mut() {
+            let store = self.inner.domain.store();
+            if let Some(files) = self.inner.writer.effective_files(store, collector_id, &e.hash).await {
+                e.files = files;
+            }
+        }
+        Some((status, desired))
     }
 }

@@ -53,6 +53,11 @@ pub struct Processed {
     pub reply: pb::ServerToAgent,
     /// The status changed in a way worth storing.
     pub status_changed: bool,
+    /// The bodies of a newly reported effective config, for the store
+    /// only: the session keeps its hash (`AgentState::status` never holds
+    /// bodies), so ten thousand sessions do not each hold a copy of the
+    /// config they run. `None` = unchanged, the stored bodies stand.
+    pub effective_files: Option<BTreeMap<String, String>>,
     /// The agent said goodbye.
     pub disconnect: bool,
 }
@@ -114,8 +119,12 @@ pub fn valid_uid(msg: &pb::AgentToServer) -> Option<String> {
 }
 
 impl AgentState {
-    pub fn new(collector_id: &str, status: CollectorStatus) -> Option<Self> {
+    pub fn new(collector_id: &str, mut status: CollectorStatus) -> Option<Self> {
         let uid = *uuid::Uuid::parse_str(collector_id).ok()?.as_bytes();
+        // Only the hash stays in memory (see `Processed::effective_files`).
+        if let Some(e) = &mut status.effective_config {
+            e.files.clear();
+        }
         // A stored status from an earlier session is a starting point, but
         // the agent is asked for its full state unless it sends it.
         Some(AgentState {
@@ -149,9 +158,12 @@ impl AgentState {
         } else {
             self.uid_assigned = false;
         }
-        let before = self.status.clone();
+        // Whether anything worth storing changed, tracked section by
+        // section: a heartbeat must not clone and compare the whole status
+        // (it cloned it three times before).
+        let mut changed = false;
         let caps = msg.capabilities;
-        self.status.capabilities = caps;
+        changed |= replace(&mut self.status.capabilities, caps);
 
         // Sequence numbers: a jump forward means we missed a message; a
         // repeat or a restart at 0 is tolerated (some clients repeat).
@@ -162,23 +174,38 @@ impl AgentState {
         self.last_seq = Some(msg.sequence_num);
 
         let mut omitted = false;
+        let mut effective_files = None;
         match &msg.agent_description {
             Some(d) => {
-                self.status.description = describe(d);
+                changed |= replace(&mut self.status.description, describe(d));
                 self.have_description = true;
             }
             None => omitted |= !self.have_description || gap,
         }
         match &msg.health {
-            Some(h) => self.status.health = Some(health(h)),
+            Some(h) => changed |= replace(&mut self.status.health, Some(health(h))),
             None => omitted |= caps & caps::REPORTS_HEALTH != 0 && (gap || self.status.health.is_none()),
         }
         match &msg.effective_config {
-            Some(e) => self.status.effective_config = Some(effective(e)),
+            Some(e) => {
+                let hash = effective_hash(e);
+                if self.status.effective_config.as_ref().map(|v| &v.hash) != Some(&hash) {
+                    self.status.effective_config = Some(EffectiveConfigView {
+                        hash,
+                        files: BTreeMap::new(),
+                    });
+                    effective_files = Some(effective_files_of(e));
+                    changed = true;
+                }
+            }
             None => omitted |= caps & caps::REPORTS_EFFECTIVE_CONFIG != 0 && gap,
         }
         match &msg.remote_config_status {
-            Some(r) => self.status.report_remote_config(remote_status(r), now),
+            Some(r) => {
+                let r = remote_status(r);
+                changed |= self.status.remote_config.as_ref() != Some(&r);
+                self.status.report_remote_config(r, now);
+            }
             None => omitted |= caps & caps::REPORTS_REMOTE_CONFIG != 0 && gap,
         }
         if gap && omitted {
@@ -189,7 +216,10 @@ impl AgentState {
             // list when it is not the one we hold.
             let known = self.status.available_components.as_ref().map(|v| v.hash.as_str());
             if !a.components.is_empty() {
-                self.status.available_components = Some(compat::available_from_proto(a));
+                changed |= replace(
+                    &mut self.status.available_components,
+                    Some(compat::available_from_proto(a)),
+                );
             } else if !a.hash.is_empty() && known != Some(hex::encode(&a.hash).as_str()) {
                 reply.flags |= FLAG_REPORT_AVAILABLE_COMPONENTS;
             }
@@ -200,10 +230,10 @@ impl AgentState {
         }
         let disconnect = msg.agent_disconnect.is_some();
         self.status.last_seen = Some(now);
-        let status_changed = !same_ignoring_last_seen(&before, &self.status);
         Ok(Processed {
             reply,
-            status_changed,
+            status_changed: changed,
+            effective_files,
             disconnect,
         })
     }
@@ -237,10 +267,13 @@ impl AgentState {
     }
 }
 
-fn same_ignoring_last_seen(a: &CollectorStatus, b: &CollectorStatus) -> bool {
-    let mut a = a.clone();
-    a.last_seen = b.last_seen;
-    a == *b
+/// Set `slot` to `value`; whether that changed it.
+fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
+    if *slot == value {
+        return false;
+    }
+    *slot = value;
+    true
 }
 
 fn any_value(v: &Option<pb::AnyValue>) -> String {
@@ -296,26 +329,35 @@ fn health(h: &pb::ComponentHealth) -> HealthView {
     }
 }
 
-fn effective(e: &pb::EffectiveConfig) -> EffectiveConfigView {
-    let files: BTreeMap<&String, &pb::AgentConfigFile> = e
-        .config_map
+fn effective_map(e: &pb::EffectiveConfig) -> BTreeMap<&String, &pb::AgentConfigFile> {
+    e.config_map
         .as_ref()
         .map(|m| m.config_map.iter().collect())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// SHA-256 (hex) over the reported files in name order, each name and body
+/// length-prefixed.
+fn effective_hash(e: &pb::EffectiveConfig) -> String {
     let mut hasher = Sha256::new();
-    let mut shown = BTreeMap::new();
-    for (name, file) in files {
+    for (name, file) in effective_map(e) {
         hasher.update((name.len() as u64).to_be_bytes());
         hasher.update(name.as_bytes());
         hasher.update((file.body.len() as u64).to_be_bytes());
         hasher.update(&file.body);
-        let body = &file.body[..file.body.len().min(MAX_STORED_BODY)];
-        shown.insert(name.clone(), String::from_utf8_lossy(body).into_owned());
     }
-    EffectiveConfigView {
-        hash: hex::encode(hasher.finalize()),
-        files: shown,
-    }
+    hex::encode(hasher.finalize())
+}
+
+/// The reported files as text for display, each cut at `MAX_STORED_BODY`.
+fn effective_files_of(e: &pb::EffectiveConfig) -> BTreeMap<String, String> {
+    effective_map(e)
+        .into_iter()
+        .map(|(name, file)| {
+            let body = &file.body[..file.body.len().min(MAX_STORED_BODY)];
+            (name.clone(), String::from_utf8_lossy(body).into_owned())
+        })
+        .collect()
 }
 
 fn remote_status(r: &pb::RemoteConfigStatus) -> RemoteConfigView {
@@ -488,6 +530,42 @@ mod tests {
             s.process(m, None, Timestamp(1)).unwrap().reply.flags & FLAG_REPORT_AVAILABLE_COMPONENTS,
             FLAG_REPORT_AVAILABLE_COMPONENTS
         );
+    }
+
+    #[test]
+    fn an_effective_config_is_handed_over_once_and_only_its_hash_is_kept() {
+        let mut s = state();
+        let mut m = full(1);
+        m.capabilities |= caps::REPORTS_EFFECTIVE_CONFIG;
+        let body = "receivers: {}\n".repeat(100);
+        m.effective_config = Some(pb::EffectiveConfig {
+            config_map: Some(pb::AgentConfigMap {
+                config_map: [(
+                    "c.yaml".to_string(),
+                    pb::AgentConfigFile {
+                        body: body.clone().into_bytes(),
+                        content_type: String::new(),
+                    },
+                )]
+                .into(),
+            }),
+        });
+        let p = s.process(m.clone(), None, Timestamp(1)).unwrap();
+        assert!(p.status_changed);
+        assert_eq!(p.effective_files.unwrap()["c.yaml"], body, "the body goes to the store");
+        let kept = s.status.effective_config.clone().unwrap();
+        assert!(kept.files.is_empty(), "the session keeps no body");
+        assert_eq!(kept.hash.len(), 64);
+        // The same config again: nothing to store, nothing handed over.
+        m.sequence_num = 2;
+        let p = s.process(m.clone(), None, Timestamp(2)).unwrap();
+        assert!(!p.status_changed && p.effective_files.is_none());
+        // A different one is.
+        m.sequence_num = 3;
+        m.effective_config.as_mut().unwrap().config_map.as_mut().unwrap().config_map.get_mut("c.yaml").unwrap().body = b"x".to_vec();
+        let p = s.process(m, None, Timestamp(3)).unwrap();
+        assert!(p.status_changed);
+        assert_ne!(s.status.effective_config.unwrap().hash, kept.hash);
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! does not commit goes back into the pending map (behind any newer status
 //! of the same collector) and is retried with backoff. Only statuses of
 //! collectors deregistered meanwhile are dropped.
+//!
+//! Sessions keep only the hash of a collector's effective config, not its
+//! bodies (`session::Processed::effective_files`): a status handed over
+//! without bodies (`put_keeping_bodies`) keeps the bodies already pending
+//! or stored for that hash.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,27 +45,69 @@ pub struct StatusWriter {
 
 struct Inner {
     // std Mutex: held only to insert or swap the map, never across await.
-    pending: Mutex<HashMap<String, CollectorStatus>>,
+    pending: Mutex<HashMap<String, Pending>>,
     notify: Notify,
 }
 
+/// A status waiting to be written.
+#[derive(Clone)]
+struct Pending {
+    status: CollectorStatus,
+    /// Its effective config carries the hash only: the bodies are those
+    /// stored for that hash.
+    keep_bodies: bool,
+}
+
+impl Pending {
+    /// `self` replaces `older` in the queue: bodies `self` lacks come from
+    /// `older` when they belong to the same effective config.
+    fn after(mut self, older: &Pending) -> Pending {
+        if self.keep_bodies && !older.keep_bodies {
+            if let (Some(new), Some(old)) = (
+                self.status.effective_config.as_mut(),
+                older.status.effective_config.as_ref(),
+            ) {
+                if new.hash == old.hash {
+                    new.files = old.files.clone();
+                    self.keep_bodies = false;
+                }
+            }
+        }
+        self
+    }
+}
+
 impl Inner {
-    fn pending(&self) -> MutexGuard<'_, HashMap<String, CollectorStatus>> {
+    fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
         // Every section is a single insert or drain: a poisoned map is
         // still consistent.
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take(&self) -> Vec<CollectorStatus> {
+    fn take(&self) -> Vec<Pending> {
         self.pending().drain().map(|(_, s)| s).collect()
     }
 
+    fn insert(&self, new: Pending) {
+        let mut p = self.pending();
+        let new = match p.get(&new.status.collector_id) {
+            Some(older) => new.after(older),
+            None => new,
+        };
+        p.insert(new.status.collector_id.clone(), new);
+    }
+
     /// Put back statuses that failed to commit, unless a newer one of the
-    /// same collector arrived meanwhile.
-    fn requeue(&self, failed: Vec<CollectorStatus>) {
+    /// same collector arrived meanwhile (which may still need their bodies).
+    fn requeue(&self, failed: Vec<Pending>) {
         let mut p = self.pending();
         for s in failed {
-            p.entry(s.collector_id.clone()).or_insert(s);
+            match p.get_mut(&s.status.collector_id) {
+                Some(newer) => *newer = newer.clone().after(&s),
+                None => {
+                    p.insert(s.status.collector_id.clone(), s);
+                }
+            }
         }
     }
 }
@@ -124,15 +171,49 @@ impl StatusWriter {
         n
     }
 
+    /// Hand over a status whose effective config (if any) carries its
+    /// bodies.
     pub fn put(&self, status: CollectorStatus) {
+        self.hand_over(status, false);
+    }
+
+    /// Hand over a status whose effective config carries only its hash
+    /// (a session's): the bodies pending or stored for it stay.
+    pub fn put_keeping_bodies(&self, status: CollectorStatus) {
+        let keep = status.effective_config.is_some();
+        self.hand_over(status, keep);
+    }
+
+    fn hand_over(&self, status: CollectorStatus, keep_bodies: bool) {
+        // The index is told at once: the summary counts what the writer
+        // accepted, which it stores (or retries) and never drops, except
+        // for a collector deregistered meanwhile.
         self.index.put_status(&status.collector_id, Some(&status));
-        self.inner.pending().insert(status.collector_id.clone(), status);
+        self.inner.insert(Pending { status, keep_bodies });
         self.inner.notify.notify_one();
+    }
+
+    /// The bodies of a collector's effective config with this hash, from
+    /// the status still pending or the stored one (views show them; the
+    /// session keeps only the hash).
+    pub async fn effective_files(&self, store: &Store, id: &str, hash: &str) -> Option<BTreeMap<String, String>> {
+        let bodies = |s: &CollectorStatus| {
+            s.effective_config
+                .as_ref()
+                .filter(|e| e.hash == hash)
+                .map(|e| e.files.clone())
+        };
+        let pending = self.inner.pending().get(id).filter(|p| !p.keep_bodies).cloned();
+        if let Some(files) = pending.and_then(|p| bodies(&p.status)) {
+            return Some(files);
+        }
+        let stored = store.get::<CollectorStatus>(id).await.ok()??;
+        bodies(&stored.value)
     }
 }
 
 /// Write statuses in chunks; returns those that failed to commit.
-async fn write(store: &Store, batch: Vec<CollectorStatus>) -> Vec<CollectorStatus> {
+async fn write(store: &Store, batch: Vec<Pending>) -> Vec<Pending> {
     let mut failed = Vec::new();
     for chunk in batch.chunks(batch_size(store)) {
         if let Err(mut chunk) = write_chunk(store, chunk.to_vec()).await {
@@ -142,13 +223,36 @@ async fn write(store: &Store, batch: Vec<CollectorStatus>) -> Vec<CollectorStatu
     failed
 }
 
+/// Fill in the bodies a status kept from the stored one (same hash); a
+/// status whose stored bodies are for another config is written without
+/// bodies (its hash is still right).
+async fn fill_bodies(store: &Store, chunk: &mut [Pending]) -> Result<(), StorageError> {
+    for p in chunk.iter_mut().filter(|p| p.keep_bodies) {
+        let stored = store.get::<CollectorStatus>(&p.status.collector_id).await?;
+        if let (Some(new), Some(old)) = (
+            p.status.effective_config.as_mut(),
+            stored.and_then(|s| s.value.effective_config),
+        ) {
+            if new.hash == old.hash {
+                new.files = old.files;
+            }
+        }
+        p.keep_bodies = false;
+    }
+    Ok(())
+}
+
 /// Write statuses of collectors that still exist; a collector deregistered
 /// meanwhile makes the commit conflict on its key, and is dropped. Any
 /// other failure hands the chunk back.
-async fn write_chunk(store: &Store, mut chunk: Vec<CollectorStatus>) -> Result<(), Vec<CollectorStatus>> {
+async fn write_chunk(store: &Store, mut chunk: Vec<Pending>) -> Result<(), Vec<Pending>> {
+    if fill_bodies(store, &mut chunk).await.is_err() {
+        return Err(chunk);
+    }
     while !chunk.is_empty() {
         let ops: Result<Vec<Op>, StorageError> = chunk
             .iter()
+            .map(|p| &p.status)
             .flat_map(|s| {
                 [
                     Ok(Op::check::<Collector>(&s.collector_id, Expect::Present)),
@@ -170,7 +274,7 @@ async fn write_chunk(store: &Store, mut chunk: Vec<CollectorStatus>) -> Result<(
                 table: Table::Collectors,
                 key,
                 ..
-            }) => chunk.retain(|s| s.collector_id != key),
+            }) => chunk.retain(|p| p.status.collector_id != key),
             Err(_) => return Err(chunk),
         }
     }
@@ -208,5 +312,55 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A status carrying only the effective config's hash (a session's)
+    /// keeps the bodies handed over before it: still pending, or stored.
+    #[tokio::test]
+    async fn a_status_without_bodies_keeps_those_pending_or_stored() {
+        use crate::domain::EffectiveConfigView;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
+        let id = super::super::testing::collector(&store).await.collector.key;
+        let w = StatusWriter::start(store.clone(), Arc::default(), &Tasks::new());
+        let status = |files: &[(&str, &str)], healthy: bool| CollectorStatus {
+            collector_id: id.clone(),
+            connected: healthy,
+            effective_config: Some(EffectiveConfigView {
+                hash: "h1".into(),
+                files: files.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            }),
+            ..Default::default()
+        };
+        let stored = |want_connected: bool| {
+            let store = store.clone();
+            let id = id.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let s = store.get::<CollectorStatus>(&id).await.unwrap();
+                    if let Some(s) = s.filter(|s| s.value.connected == want_connected) {
+                        return s.value;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "never written");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        // Both handed over before a write: the second takes the first's bodies.
+        w.put(status(&[("c.yaml", "body")], false));
+        w.put_keeping_bodies(status(&[], true));
+        let s = stored(true).await;
+        assert_eq!(s.effective_config.unwrap().files["c.yaml"], "body");
+        // After the write: the stored bodies stay.
+        w.put_keeping_bodies(status(&[], false));
+        let s = stored(false).await;
+        assert_eq!(s.effective_config.unwrap().files["c.yaml"], "body");
+        assert_eq!(
+            w.effective_files(&store, &id, "h1").await.unwrap()["c.yaml"],
+            "body",
+            "views read the bodies by hash"
+        );
+        assert!(w.effective_files(&store, &id, "h2").await.is_none());
     }
 }

@@ -139,7 +139,11 @@ impl CollectorService for GrpcService {
             // Ends when the collector closes its side, the stream breaks, or
             // the fleet closed the session (replaced, timed out, revoked).
             while let Ok(Some(msg)) = inbound.message().await {
-                if let Err(e) = fleet.handle_stream(&conn, msg).await {
+                // Boxed: this task lives as long as the collector is
+                // connected, and an unboxed message handler (store reads,
+                // credential offers, commands) would make every idle
+                // session's task as large as that handler's deepest await.
+                if let Err(e) = Box::pin(fleet.handle_stream(&conn, msg)).await {
                     tracing::debug!(collector_id = %conn.collector_id, error = %e, "gRPC session ended.");
                     break;
                 }

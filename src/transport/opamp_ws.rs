@@ -131,7 +131,8 @@ async fn serve(mut socket: WebSocket, fleet: Fleet, presented: Presented, attemp
                     tracing::debug!(collector_id = %conn.collector_id, "Malformed OpAMP WebSocket frame; closing.");
                     break;
                 };
-                if fleet.handle_stream(&conn, msg).await.is_err() {
+                // Boxed, as on gRPC: the idle task stays small.
+                if Box::pin(fleet.handle_stream(&conn, msg)).await.is_err() {
                     break;
                 }
             }
