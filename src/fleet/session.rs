@@ -562,7 +562,16 @@ mod tests {
         assert!(!p.status_changed && p.effective_files.is_none());
         // A different one is.
         m.sequence_num = 3;
-        m.effective_config.as_mut().unwrap().config_map.as_mut().unwrap().config_map.get_mut("c.yaml").unwrap().body = b"x".to_vec();
+        m.effective_config
+            .as_mut()
+            .unwrap()
+            .config_map
+            .as_mut()
+            .unwrap()
+            .config_map
+            .get_mut("c.yaml")
+            .unwrap()
+            .body = b"x".to_vec();
         let p = s.process(m, None, Timestamp(3)).unwrap();
         assert!(p.status_changed);
         assert_ne!(s.status.effective_config.unwrap().hash, kept.hash);
