@@ -9,10 +9,16 @@
 //! statuses written elsewhere (another instance, or a session closed here),
 //! re-read once each; a lagging feed rebuilds it from a full scan.
 //!
+//! Beside the rows it keeps the counts the fleet summary is made of
+//! (`Counts`), adjusted under the same lock whenever a row changes, so a
+//! summary costs the same at 100 and 100,000 collectors: it reads a few
+//! counters per label set and per instance, never the rows.
+//!
 //! It must not decide a collector's desired config (`resolve`) or whether
 //! the instance holding it is alive (`views` combines those when reading).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -78,11 +84,141 @@ pub(super) struct Row {
     pub status: Option<StatusDigest>,
 }
 
+/// Which of the three health states a status is in (the slot in
+/// `Counts::health`): healthy, unhealthy, never reported.
+pub(super) fn health_slot(s: Option<&StatusDigest>) -> usize {
+    match s.and_then(|s| s.healthy) {
+        Some(true) => 0,
+        Some(false) => 1,
+        None => 2,
+    }
+}
+
+/// An interned value compared by identity: the index shares one `Arc` per
+/// distinct component set, so comparing addresses is exact and free. The
+/// key holds the `Arc`, so an address is never reused while counted.
+#[derive(Debug, Clone)]
+pub(super) struct Shared<T>(pub Arc<T>);
+
+impl<T> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for Shared<T> {}
+
+impl<T> Hash for Shared<T> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        Arc::as_ptr(&self.0).hash(h);
+    }
+}
+
+/// What a status says that decides its config state once the desired
+/// config is known: the reported hash and status, and the component types
+/// it can run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Reported {
+    /// (hash hex, status) as reported.
+    pub remote: Option<(String, String)>,
+    pub available: Option<Shared<AvailableComponentsView>>,
+}
+
+impl Reported {
+    pub fn of(s: Option<&StatusDigest>) -> Self {
+        Reported {
+            remote: s
+                .and_then(|s| s.remote.as_ref())
+                .map(|(hash, status, _)| (hash.clone(), status.clone())),
+            available: s.and_then(|s| s.available.clone()).map(Shared),
+        }
+    }
+}
+
+/// The fleet summary's inputs, counted over the rows that have a
+/// collector (a status alone is not shown). What depends on things outside
+/// the index is left to the reader, in groups small enough to judge per
+/// request: whether a holding instance is alive (per instance) and the
+/// desired config (per label set).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Counts {
+    pub total: u64,
+    /// By `health_slot`.
+    pub health: [u64; 3],
+    /// Rows whose status says connected, by the instance holding them.
+    pub claimed: HashMap<String, u64>,
+    /// By label set, then by what was reported about config.
+    pub reports: HashMap<Arc<Labels>, HashMap<Reported, u64>>,
+}
+
+/// Add one to a count or take one away, dropping a count that reaches 0
+/// (keys of a map must not outlive the rows they count).
+fn adjust<K: Hash + Eq>(map: &mut HashMap<K, u64>, key: K, add: bool) {
+    if add {
+        *map.entry(key).or_default() += 1;
+    } else if let Some(n) = map.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
+
+impl Counts {
+    /// Counted from scratch (a rebuild, and the tests' reference).
+    pub fn of(rows: &BTreeMap<String, Row>) -> Self {
+        let mut c = Counts::default();
+        for row in rows.values() {
+            c.apply(row, true);
+        }
+        c
+    }
+
+    /// Count a row in (`add`) or out; a row without a collector counts
+    /// nowhere.
+    fn apply(&mut self, row: &Row, add: bool) {
+        let Some(c) = &row.collector else { return };
+        let s = row.status.as_ref();
+        let step = |n: &mut u64| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        step(&mut self.total);
+        step(&mut self.health[health_slot(s)]);
+        if let Some(s) = s.filter(|s| s.connected) {
+            adjust(&mut self.claimed, s.instance.clone(), add);
+        }
+        let by_report = self.reports.entry(c.labels.clone()).or_default();
+        adjust(by_report, Reported::of(s), add);
+        if by_report.is_empty() {
+            self.reports.remove(&c.labels);
+        }
+    }
+}
+
+/// The rows and the counts kept from them, under one lock so a reader
+/// never sees them disagree.
+#[derive(Default)]
+pub(super) struct Indexed {
+    pub rows: BTreeMap<String, Row>,
+    pub counts: Counts,
+}
+
+impl Indexed {
+    /// Change one row (created empty if absent), keeping the counts.
+    fn change(&mut self, id: &str, f: impl FnOnce(&mut Row)) {
+        let row = match self.rows.get_mut(id) {
+            Some(row) => row,
+            None => self.rows.entry(id.to_string()).or_default(),
+        };
+        self.counts.apply(row, false);
+        f(row);
+        self.counts.apply(row, true);
+    }
+}
+
 #[derive(Default)]
 pub(super) struct FleetIndex {
     // std RwLock: readers hold it for one in-memory pass (list, summary),
     // writers for one row; never across an await.
-    rows: RwLock<BTreeMap<String, Row>>,
+    rows: RwLock<Indexed>,
     // std Mutex: one lookup or insert.
     label_sets: Mutex<HashMap<Labels, Arc<Labels>>>,
     /// Reported component sets by their hash (std Mutex: one lookup or
@@ -94,12 +230,12 @@ pub(super) struct FleetIndex {
 }
 
 impl FleetIndex {
-    pub fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Row>> {
+    pub fn read(&self) -> RwLockReadGuard<'_, Indexed> {
         // Every section leaves the map consistent (one row changed).
         self.rows.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Row>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Indexed> {
         self.rows.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -147,32 +283,33 @@ impl FleetIndex {
 
     pub fn put_collector(&self, c: &Versioned<Collector>) {
         let d = self.digest(c);
-        self.write().entry(c.key.clone()).or_default().collector = Some(d);
+        self.write().change(&c.key, |row| row.collector = Some(d));
     }
 
     pub fn remove(&self, id: &str) {
-        self.write().remove(id);
+        let mut ix = self.write();
+        if let Some(row) = ix.rows.remove(id) {
+            ix.counts.apply(&row, false);
+        }
     }
 
     /// A status as this instance's sessions hand it to the writer, or as
     /// re-read from the store (`None`: there is none).
     pub fn put_status(&self, id: &str, s: Option<&CollectorStatus>) {
         let d = s.map(|s| self.status_digest(s));
-        let mut rows = self.write();
+        let mut ix = self.write();
         match d {
-            Some(d) => rows.entry(id.to_string()).or_default().status = Some(d),
-            None => {
-                if let Some(row) = rows.get_mut(id) {
-                    row.status = None;
-                }
-            }
+            Some(d) => ix.change(id, |row| row.status = Some(d)),
+            None if ix.rows.contains_key(id) => ix.change(id, |row| row.status = None),
+            None => {}
         }
     }
 
     /// A message that changed nothing but the time it was seen (no status
-    /// is written for it): the list shows and sorts by that time.
+    /// is written for it): the list shows and sorts by that time. No count
+    /// depends on it.
     pub fn seen(&self, id: &str, at: Timestamp) {
-        if let Some(s) = self.write().get_mut(id).and_then(|r| r.status.as_mut()) {
+        if let Some(s) = self.write().rows.get_mut(id).and_then(|r| r.status.as_mut()) {
             s.last_seen = Some(at);
         }
     }
@@ -198,7 +335,128 @@ impl FleetIndex {
                 row.status = Some(self.status_digest(&s.value));
             }
         }
-        *self.write() = rows;
+        let counts = Counts::of(&rows);
+        *self.write() = Indexed { rows, counts };
         self.ready.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::domain::{HealthView, RemoteConfigView};
+
+    fn collector(id: &str, labels: u32, version: u64) -> Versioned<Collector> {
+        Versioned {
+            key: id.into(),
+            version,
+            value: Collector {
+                id: id.into(),
+                name: id.into(),
+                labels: [("shard".to_string(), labels.to_string())].into(),
+                enrolled_at: Timestamp(0),
+                enrollment_token_id: "t".into(),
+                credential_ids: vec![],
+                enrolled_on_first_contact: false,
+                credential_adopted_at: None,
+                superseded_credential_ids: vec![],
+                rotation_requested_at: None,
+            },
+        }
+    }
+
+    /// A status from a few bits: connected, holder, health, reported
+    /// config, component set.
+    fn status(id: &str, bits: u32) -> CollectorStatus {
+        CollectorStatus {
+            collector_id: id.into(),
+            connected: bits & 1 == 1,
+            instance: ["a", "b", "c"][(bits >> 1) as usize % 3].into(),
+            health: match (bits >> 3) % 3 {
+                0 => None,
+                n => Some(HealthView {
+                    healthy: n == 1,
+                    ..Default::default()
+                }),
+            },
+            remote_config: match (bits >> 5) % 4 {
+                0 => None,
+                n => Some(RemoteConfigView {
+                    hash: format!("{:02x}", n % 2).repeat(32),
+                    status: ["APPLIED", "FAILED", "APPLYING"][(bits >> 7) as usize % 3].into(),
+                    error_message: String::new(),
+                }),
+            },
+            available_components: ((bits >> 9) % 3 != 0).then(|| AvailableComponentsView {
+                hash: ((bits >> 9) % 3).to_string(),
+                components: BTreeMap::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The summary's inputs counted the slow way, written apart from
+    /// `Counts::apply` so a mistake there cannot hide in both.
+    fn recount(rows: &BTreeMap<String, Row>) -> Counts {
+        let mut c = Counts::default();
+        for row in rows.values() {
+            let Some(col) = &row.collector else { continue };
+            let s = row.status.as_ref();
+            c.total += 1;
+            c.health[health_slot(s)] += 1;
+            if let Some(s) = s.filter(|s| s.connected) {
+                *c.claimed.entry(s.instance.clone()).or_default() += 1;
+            }
+            *c.reports
+                .entry(col.labels.clone())
+                .or_default()
+                .entry(Reported::of(s))
+                .or_default() += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn counts_match_a_pass_over_the_rows_after_any_sequence_of_changes() {
+        for seed in 0..300 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let ix = FleetIndex::default();
+            for step in 0..150u64 {
+                let id = format!("c{}", rng.random_range(0..10));
+                match rng.random_range(0..20) {
+                    0..=4 => ix.put_collector(&collector(&id, rng.random_range(0..3), step)),
+                    5..=6 => ix.remove(&id),
+                    7..=13 => ix.put_status(&id, Some(&status(&id, rng.random()))),
+                    14..=15 => ix.put_status(&id, None),
+                    16..=18 => ix.seen(&id, Timestamp(step)),
+                    _ => {
+                        // A rebuild from what a store would hold.
+                        let (collectors, statuses) = {
+                            let g = ix.read();
+                            let collectors = (0..10)
+                                .map(|i| format!("c{i}"))
+                                .filter(|id| g.rows.get(id).is_some_and(|r| r.collector.is_some()))
+                                .map(|id| collector(&id, rng.random_range(0..3), step))
+                                .collect::<Vec<_>>();
+                            let statuses = collectors
+                                .iter()
+                                .map(|c| Versioned {
+                                    key: c.key.clone(),
+                                    version: 1,
+                                    value: status(&c.key, rng.random()),
+                                })
+                                .collect::<Vec<_>>();
+                            (collectors, statuses)
+                        };
+                        ix.rebuild(collectors, statuses);
+                    }
+                }
+                let g = ix.read();
+                assert_eq!(g.counts, recount(&g.rows), "seed {seed}, step {step}");
+            }
+        }
     }
 }

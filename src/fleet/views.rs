@@ -2,7 +2,9 @@
 //! status, the liveness of the instance holding it, and how its reported
 //! config compares with the desired one. The list and the summary read the
 //! in-memory fleet index (`index`), never a table of the fleet's size; one
-//! collector in full reads the store.
+//! collector in full reads the store. The summary reads the index's
+//! maintained counts (one judgement per label set and per holding
+//! instance), not its rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -12,12 +14,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::desired::Desired;
-use super::index::{CollectorDigest, Row, StatusDigest};
+use super::index::{health_slot, CollectorDigest, Reported, Row, StatusDigest};
 use super::{Fleet, PRESENCE_STALE};
 use crate::clock::Timestamp;
 use crate::domain::{
     Collector, CollectorStatus, ConfigAssignment, DomainError, Labels, Page, ServerInstance, DEFAULT_ASSIGNMENT,
 };
+use crate::domain::rollout::RolloutState;
 use crate::domain::{ConfigState, HealthState, RemoteConfigState};
 use crate::storage::Scan;
 
@@ -123,38 +126,61 @@ impl FleetSort {
     }
 }
 
+/// The health states by `index::health_slot`.
+const HEALTH: [HealthState; 3] = [HealthState::Healthy, HealthState::Unhealthy, HealthState::Unknown];
+
 fn health_of(s: Option<&StatusDigest>) -> &'static str {
-    match s.and_then(|s| s.healthy) {
-        Some(true) => HealthState::Healthy,
-        Some(false) => HealthState::Unhealthy,
-        None => HealthState::Unknown,
+    HEALTH[health_slot(s)].as_str()
+}
+
+/// A collector's config state from what it reported (hash, status) and
+/// the component types it can run, against its desired config; with the
+/// missing types when incompatible (the list shows them; counting needs
+/// only the state).
+fn config_state(
+    remote: Option<(&str, &str)>,
+    available: Option<&crate::domain::AvailableComponentsView>,
+    desired: Option<&Desired>,
+) -> (ConfigState, Option<Vec<String>>) {
+    let Some(d) = desired else {
+        return (ConfigState::None, None);
+    };
+    if remote.is_none_or(|(hash, _)| hash != d.hash_hex) {
+        // Not pushed at all (`compat`): say why.
+        let missing = super::compat::missing(d, available);
+        if !missing.is_empty() {
+            return (ConfigState::Incompatible, Some(missing));
+        }
     }
-    .as_str()
+    match remote {
+        Some((hash, status)) if hash == d.hash_hex => match RemoteConfigState::parse(status) {
+            Some(RemoteConfigState::Applied) => (ConfigState::Applied, None),
+            Some(RemoteConfigState::Failed) => (ConfigState::Failed, None),
+            _ => (ConfigState::Applying, None),
+        },
+        _ => (ConfigState::Pending, None),
+    }
 }
 
 fn config_of(s: Option<&StatusDigest>, desired: Option<&Desired>) -> (&'static str, Option<String>) {
-    let Some(d) = desired else {
-        return (ConfigState::None.as_str(), None);
+    let remote = s.and_then(|s| s.remote.as_ref());
+    let (state, missing) = config_state(
+        remote.map(|(h, st, _)| (h.as_str(), st.as_str())),
+        s.and_then(|s| s.available.as_deref()),
+        desired,
+    );
+    let detail = match state {
+        ConfigState::Incompatible => missing.map(|m| super::compat::describe(&m)),
+        ConfigState::Failed => remote.map(|(_, _, error)| error.clone()),
+        _ => None,
     };
-    let reported = s.and_then(|s| s.remote.as_ref());
-    if reported.is_none_or(|(hash, _, _)| *hash != d.hash_hex) {
-        // Not pushed at all (`compat`): say why.
-        let missing = super::compat::missing(d, s.and_then(|s| s.available.as_deref()));
-        if !missing.is_empty() {
-            return (
-                ConfigState::Incompatible.as_str(),
-                Some(super::compat::describe(&missing)),
-            );
-        }
-    }
-    match reported {
-        Some((hash, status, error)) if *hash == d.hash_hex => match RemoteConfigState::parse(status) {
-            Some(RemoteConfigState::Applied) => (ConfigState::Applied.as_str(), None),
-            Some(RemoteConfigState::Failed) => (ConfigState::Failed.as_str(), Some(error.clone())),
-            _ => (ConfigState::Applying.as_str(), None),
-        },
-        _ => (ConfigState::Pending.as_str(), None),
-    }
+    (state.as_str(), detail)
+}
+
+/// `config_state` of a counted group.
+fn reported_state(r: &Reported, desired: Option<&Desired>) -> &'static str {
+    let remote = r.remote.as_ref().map(|(h, s)| (h.as_str(), s.as_str()));
+    config_state(remote, r.available.as_ref().map(|a| &*a.0), desired).0.as_str()
 }
 
 /// The small tables every view needs besides the index: pinned configs
@@ -224,6 +250,12 @@ impl Fleet {
         Ok(())
     }
 
+    /// Whether collectors an instance says it holds are connected now: this
+    /// instance holds its sessions; another one while its presence is fresh.
+    fn holds(&self, instance: &str, alive: &HashMap<String, bool>) -> bool {
+        instance == self.instance() || alive.get(instance).copied().unwrap_or(false)
+    }
+
     /// Whether a status means connected now: the holder says so and is
     /// itself alive (this instance: it holds the session).
     fn is_connected(&self, id: &str, s: &StatusDigest, alive: &HashMap<String, bool>) -> bool {
@@ -286,7 +318,8 @@ impl Fleet {
         let limit = crate::domain::page_limit(q.limit);
         let mut items = Vec::new();
         let mut next_cursor = None;
-        let rows = self.inner.index.read();
+        let ix = self.inner.index.read();
+        let rows = &ix.rows;
         let labels_match = |row: &Row| {
             row.collector
                 .as_ref()
@@ -334,24 +367,95 @@ impl Fleet {
                 }
             }
         }
-        drop(rows);
+        drop(ix);
         Ok(Page {
             items: items.into_iter().map(|(_, v)| v).collect(),
             next_cursor,
         })
     }
 
-    /// Counts over the index with a context already read (the live view
-    /// keeps one per tick): one in-memory pass, each distinct label set
-    /// resolved once while no rollout makes the desired config depend on
-    /// the collector's id.
+    /// The summary with a context already read (the live view keeps one
+    /// per tick), and each distinct label set with how many collectors
+    /// carry it. From the index's maintained counts: each label set's
+    /// desired config is resolved once and judged against each distinct
+    /// report of that set, each holding instance is judged alive once, and
+    /// the few pinned collectors are moved to their own config's state. No
+    /// row is read but the pinned ones', so it costs the same at 100 and
+    /// 100,000 collectors.
+    ///
+    /// While a staged rollout is under way a collector's config depends on
+    /// its id (its wave), which no count can know: then it is one pass over
+    /// the rows (`summary_pass`), as it is for the minutes a rollout runs.
     pub fn summary_in(&self, cx: &ViewContext) -> (FleetSummary, Vec<(Arc<Labels>, usize)>) {
+        if self.rollout_under_way() {
+            return self.summary_pass(cx);
+        }
+        let ix = self.inner.index.read();
+        let counts = &ix.counts;
+        let mut sum = FleetSummary {
+            total: counts.total,
+            ..Default::default()
+        };
+        for (instance, n) in &counts.claimed {
+            if self.holds(instance, &cx.alive) {
+                sum.connected += n;
+                sum.instances.insert(instance.clone(), *n);
+            }
+        }
+        sum.disconnected = sum.total.saturating_sub(sum.connected);
+        for (state, n) in HEALTH.iter().zip(counts.health) {
+            if n > 0 {
+                sum.health.insert(state.as_str().into(), n);
+            }
+        }
+        let mut label_sets = Vec::with_capacity(counts.reports.len());
+        for (labels, reports) in &counts.reports {
+            let desired = self.desired_in("", labels, cx);
+            let mut carried = 0;
+            for (r, n) in reports {
+                *sum.config.entry(reported_state(r, desired.as_deref()).into()).or_default() += n;
+                carried += n;
+            }
+            label_sets.push((labels.clone(), carried as usize));
+        }
+        for (id, pin) in &cx.pinned {
+            let Some((c, s)) = ix.rows.get(id).and_then(|r| Some((r.collector.as_ref()?, r.status.as_ref()))) else {
+                continue;
+            };
+            let r = Reported::of(s);
+            let counted = reported_state(&r, self.desired_in("", &c.labels, cx).as_deref());
+            if let Some(n) = sum.config.get_mut(counted) {
+                *n -= 1;
+                if *n == 0 {
+                    sum.config.remove(counted);
+                }
+            }
+            *sum.config.entry(reported_state(&r, Some(pin)).into()).or_default() += 1;
+        }
+        (sum, label_sets)
+    }
+
+    /// Whether a rollout makes the desired config depend on the collector's
+    /// id: only while its waves advance (completed, every collector gets
+    /// its commit; aborted or superseded, none does).
+    fn rollout_under_way(&self) -> bool {
+        self.inner.resolver.rollouts().get().is_some_and(|a| {
+            matches!(
+                a.rollout.state,
+                RolloutState::Running | RolloutState::Paused | RolloutState::Halted
+            )
+        })
+    }
+
+    /// The summary as one pass over the rows, each distinct label set
+    /// resolved once unless a rollout is under way.
+    fn summary_pass(&self, cx: &ViewContext) -> (FleetSummary, Vec<(Arc<Labels>, usize)>) {
         let mut sum = FleetSummary::default();
-        let per_id = self.inner.resolver.rollouts().get().is_some();
+        let per_id = self.rollout_under_way();
         // Keyed by the shared label set's address (the index interns them).
         let mut by_labels: HashMap<*const Labels, LabelSet> = HashMap::new();
-        let rows = self.inner.index.read();
-        for (id, row) in rows.iter() {
+        let ix = self.inner.index.read();
+        for (id, row) in ix.rows.iter() {
             let Some(c) = &row.collector else { continue };
             let entry = by_labels
                 .entry(Arc::as_ptr(&c.labels))
@@ -392,9 +496,9 @@ impl Fleet {
     /// The views of the given collectors (the console's live rows), from
     /// the index; a collector it does not know is absent.
     pub fn views_of(&self, ids: &[String], cx: &ViewContext) -> HashMap<String, FleetCollector> {
-        let rows = self.inner.index.read();
+        let ix = self.inner.index.read();
         ids.iter()
-            .filter_map(|id| Some((id.clone(), self.view_of(id, rows.get(id)?, cx)?)))
+            .filter_map(|id| Some((id.clone(), self.view_of(id, ix.rows.get(id)?, cx)?)))
             .collect()
     }
 }
@@ -446,5 +550,112 @@ impl Fleet {
             desired,
             telemetry: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::domain::{AvailableComponentsView, HealthView, RemoteConfigView};
+    use crate::storage::Versioned;
+
+    fn desired(body: &str, source: &str) -> Arc<Desired> {
+        let files = [(
+            "c.yaml".to_string(),
+            (body.as_bytes().to_vec(), "application/yaml".to_string()),
+        )]
+        .into();
+        Arc::new(Desired::from_files(files, source.into()))
+    }
+
+    fn collector(id: &str, shard: u32) -> Versioned<Collector> {
+        let c: Collector = serde_json::from_value(serde_json::json!({
+            "id": id,
+            "name": id,
+            "labels": { "shard": shard.to_string() },
+            "enrolled_at": Timestamp(0),
+            "enrollment_token_id": "t",
+            "credential_ids": [],
+        }))
+        .unwrap();
+        Versioned {
+            key: id.into(),
+            version: 1,
+            value: c,
+        }
+    }
+
+    /// The summary from the maintained counts equals one pass over every
+    /// row, whatever the fleet went through: holders alive, dead and this
+    /// instance; every health; configs applied, failed, applying, pending,
+    /// incompatible (a component set without `otlp`), a pinned config and
+    /// the fleet default.
+    #[tokio::test]
+    async fn summary_from_counts_equals_a_pass_over_every_row() {
+        let f = super::super::testing::fleet().await;
+        let fleet = &f.fleet;
+        let default = desired("receivers: {otlp: {}}\n", "default");
+        let pin = desired("receivers: {filelog: {}}\n", "assignment");
+        let hashes = [default.hash_hex.clone(), pin.hash_hex.clone(), "00".repeat(32)];
+        let without_otlp = AvailableComponentsView {
+            hash: "no-otlp".into(),
+            components: [("receivers".to_string(), ["filelog".to_string()].into())].into(),
+        };
+        for seed in 0..40 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let cx = ViewContext {
+                pinned: [("c3".to_string(), pin.clone()), ("c-gone".to_string(), pin.clone())].into(),
+                default: Some(default.clone()),
+                alive: [("a".to_string(), true), ("b".to_string(), false)].into(),
+            };
+            let ix = &fleet.inner.index;
+            for step in 0..120 {
+                let id = format!("c{}", rng.random_range(0..8));
+                match rng.random_range(0..10) {
+                    0..=2 => ix.put_collector(&collector(&id, rng.random_range(0..3))),
+                    3 => ix.remove(&id),
+                    _ => {
+                        let bits: u32 = rng.random();
+                        let s = CollectorStatus {
+                            collector_id: id.clone(),
+                            connected: bits & 1 == 1,
+                            // Only holders whose sessions need no registry:
+                            // this instance is judged by its sessions in the
+                            // pass and by what its statuses claim in the
+                            // counts, which agree once a close is written.
+                            instance: ["a", "b"][(bits >> 1) as usize % 2].into(),
+                            health: ((bits >> 2) % 3 != 0).then(|| HealthView {
+                                healthy: (bits >> 2) % 3 == 1,
+                                ..Default::default()
+                            }),
+                            remote_config: ((bits >> 4) % 4 != 0).then(|| RemoteConfigView {
+                                hash: hashes[(bits >> 4) as usize % 3].clone(),
+                                status: ["APPLIED", "FAILED", "APPLYING"][(bits >> 6) as usize % 3].into(),
+                                error_message: "boom".into(),
+                            }),
+                            available_components: ((bits >> 8) % 2 == 1).then(|| without_otlp.clone()),
+                            ..Default::default()
+                        };
+                        ix.put_status(&id, Some(&s));
+                    }
+                }
+                let (counted, mut sets) = fleet.summary_in(&cx);
+                let (passed, mut pass_sets) = fleet.summary_pass(&cx);
+                assert_eq!(
+                    serde_json::to_value(&counted).unwrap(),
+                    serde_json::to_value(&passed).unwrap(),
+                    "seed {seed}, step {step}"
+                );
+                sets.sort();
+                pass_sets.sort();
+                assert_eq!(sets, pass_sets, "seed {seed}, step {step}");
+            }
+            for i in 0..8 {
+                ix.remove(&format!("c{i}"));
+            }
+        }
     }
 }
