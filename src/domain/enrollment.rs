@@ -2,9 +2,12 @@
 //! plus the collector's own credential, in one transaction that also counts
 //! the use and writes the audit event.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use utoipa::ToSchema;
 
 use super::secrets::{self, SecretKind};
@@ -406,8 +409,11 @@ impl Domain {
 
     /// The enrollment transaction: the token is re-validated and its use
     /// counted, the collector (and, for explicit enrollment, its credential)
-    /// is created, the event is audited. Racing enrollments on one token
-    /// retry on the token's version, so `max_uses` holds exactly.
+    /// is created, the event is audited. Concurrent enrollments of this
+    /// instance are committed together (`EnrollQueue`); the answer comes
+    /// once the commit holding this one is durable. Racing enrollments of
+    /// other instances retry on the token's version, so `max_uses` holds
+    /// exactly.
     ///
     /// First-contact enrollment creates no credential: its secret could not
     /// be handed to an agent that has no way to receive it. The credential
@@ -423,67 +429,195 @@ impl Domain {
         let name = name
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| collector_id.to_string());
-        let actor = Actor::Enrollment {
-            token_id: token_id.clone(),
-        };
-        // One enrollment transaction at a time per instance. Every one
-        // writes its token's use count, so concurrent ones on a token only
-        // conflict and retry; a burst of agents sharing one token (a fleet
-        // rolled out with it) made each retry up to MAX_ATTEMPTS times and
-        // then refused it as "too contended". The store serializes write
-        // transactions anyway (redb has one writer); other instances still
-        // race on the token's version, which the loop below handles.
-        // The token read before waiting here is likely stale by now: read
-        // it again under the lock rather than lose a commit to it.
-        let _serial = self.enrolling.lock().await;
-        for _ in 0..super::MAX_ATTEMPTS {
-            let Some(cur) = self.store.get::<EnrollmentToken>(&token_id).await? else {
-                return Err(DomainError::Unauthenticated("unknown enrollment token".into()));
+        let (answer, mut answered) = oneshot::channel();
+        self.enrolling.waiting().push_back(Wanted {
+            token_id,
+            collector_id: collector_id.to_string(),
+            name,
+            reported_labels,
+            joining,
+            answer,
+        });
+        loop {
+            let leading = self.enrolling.leader.clone().lock_owned().await;
+            match answered.try_recv() {
+                Ok(r) => return r,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(not_committed()),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let group = {
+                let mut waiting = self.enrolling.waiting();
+                let n = waiting.len().min(group_limit(self));
+                waiting.drain(..n).collect::<Vec<_>>()
             };
-            let mut token = cur.value.clone();
-            let now = self.clock.now();
-            match state_of(&token, now) {
+            // The group is committed on a task of its own, holding the
+            // leader's lock: an enrollment whose caller went away (a
+            // client that hung up) must not take the others' answers, or a
+            // commit half-answered, with it. It ends after one commit.
+            let domain = self.clone();
+            let committed = tokio::spawn(async move {
+                domain.commit_group(group).await;
+                drop(leading);
+            });
+            tokio::select! {
+                r = &mut answered => return r.unwrap_or_else(|_| Err(not_committed())),
+                // This one was not in that group (more were waiting than
+                // one commit takes): lead or wait again.
+                _ = committed => continue,
+            }
+        }
+    }
+
+    /// Commit a group of enrollments and answer each: re-read each token
+    /// once, admit in arrival order while each token's rules hold (a use
+    /// counted per admission, so `max_uses` holds across the group), write
+    /// everything in one commit. A token changed by another instance
+    /// meanwhile re-runs the group on its new version; a collector that
+    /// already exists is answered and left out.
+    async fn commit_group(&self, mut group: Vec<Wanted>) {
+        for _ in 0..super::MAX_ATTEMPTS {
+            let plan = match self.plan_group(&group).await {
+                Ok(plan) => plan,
+                Err(e) => return answer_all(group, &e),
+            };
+            match self.store.commit(plan.ops).await {
+                Ok(versions) => {
+                    for (w, verdict) in group.into_iter().zip(plan.verdicts) {
+                        let r = match verdict {
+                            Verdict::Refused(e) => Err(e),
+                            Verdict::Admitted { at, collector, credential } => {
+                                tracing::info!(
+                                    collector_id = %w.collector_id,
+                                    token_id = %w.token_id,
+                                    via = w.joining.name(),
+                                    "Collector enrolled."
+                                );
+                                Ok(Joined {
+                                    collector: Versioned {
+                                        key: w.collector_id.clone(),
+                                        version: versions.get(at).copied().unwrap_or(1),
+                                        value: collector,
+                                    },
+                                    credential,
+                                })
+                            }
+                        };
+                        let _ = w.answer.send(r);
+                    }
+                    return;
+                }
+                // Another instance used a token meanwhile: re-check.
+                Err(StorageError::Conflict {
+                    table: Table::EnrollmentTokens,
+                    ..
+                }) => tokio::task::yield_now().await,
+                Err(StorageError::Conflict {
+                    table: Table::Collectors,
+                    key,
+                    ..
+                }) => {
+                    let (taken, rest): (Vec<_>, Vec<_>) = group.into_iter().partition(|w| w.collector_id == key);
+                    answer_all(
+                        taken,
+                        &DomainError::AlreadyExists {
+                            what: "collector",
+                            id: key,
+                        },
+                    );
+                    group = rest;
+                }
+                Err(e) => return answer_all(group, &DomainError::Storage(e)),
+            }
+            if group.is_empty() {
+                return;
+            }
+        }
+        answer_all(
+            group,
+            &DomainError::Refused("enrollment token is too contended; try again".into()),
+        );
+    }
+
+    /// One group's commit and what each of its enrollments gets if it
+    /// commits, from the tokens as stored now.
+    async fn plan_group(&self, group: &[Wanted]) -> Result<Plan, DomainError> {
+        let mut tokens: HashMap<&str, Option<Versioned<EnrollmentToken>>> = HashMap::new();
+        for w in group {
+            if !tokens.contains_key(w.token_id.as_str()) {
+                let t = self.store.get::<EnrollmentToken>(&w.token_id).await?;
+                tokens.insert(&w.token_id, t);
+            }
+        }
+        let base: HashMap<&str, u32> = tokens
+            .iter()
+            .filter_map(|(id, t)| Some((*id, t.as_ref()?.value.uses)))
+            .collect();
+        let now = self.clock.now();
+        let mut ops = Vec::new();
+        let mut verdicts = Vec::with_capacity(group.len());
+        let mut ids = HashSet::new();
+        for w in group {
+            let actor = Actor::Enrollment {
+                token_id: w.token_id.clone(),
+            };
+            let Some(token) = tokens.get_mut(w.token_id.as_str()).and_then(|t| t.as_mut()) else {
+                verdicts.push(Verdict::Refused(DomainError::Unauthenticated(
+                    "unknown enrollment token".into(),
+                )));
+                continue;
+            };
+            let token = &mut token.value;
+            match state_of(token, now) {
                 "active" => {}
                 state => {
                     let why = state.replace('_', " ");
-                    self.audit_only(
+                    ops.push(self.audit_op(
                         &actor,
                         "collector.enroll",
-                        collector_id,
+                        &w.collector_id,
                         &format!("refused: {why}"),
                         serde_json::Value::Null,
-                    )
-                    .await;
-                    return Err(DomainError::Refused(format!("enrollment token is {why}")));
+                    )?);
+                    verdicts.push(Verdict::Refused(DomainError::Refused(format!(
+                        "enrollment token is {why}"
+                    ))));
+                    continue;
                 }
             }
+            // Two first messages of one agent in one group: the first
+            // enrolls it, the other is told it exists (and resumes it).
+            if !ids.insert(w.collector_id.as_str()) {
+                verdicts.push(Verdict::Refused(DomainError::AlreadyExists {
+                    what: "collector",
+                    id: w.collector_id.clone(),
+                }));
+                continue;
+            }
             token.uses += 1;
-            let mut labels = reported_labels.clone();
+            let mut labels = w.reported_labels.clone();
             labels.extend(token.labels.clone());
-            let cred = match joining {
+            let cred = match w.joining {
                 Joining::Explicit => Some(secrets::generate(SecretKind::Collector)),
                 Joining::FirstContact => None,
             };
             let collector = Collector {
-                id: collector_id.to_string(),
-                name: name.clone(),
+                id: w.collector_id.clone(),
+                name: w.name.clone(),
                 labels: labels.clone(),
                 enrolled_at: now,
                 enrollment_token_id: token.id.clone(),
                 credential_ids: cred.iter().map(|c| c.id.clone()).collect(),
-                enrolled_on_first_contact: joining == Joining::FirstContact,
+                enrolled_on_first_contact: w.joining == Joining::FirstContact,
                 credential_adopted_at: None,
                 superseded_credential_ids: vec![],
                 rotation_requested_at: None,
             };
-            let mut ops = vec![
-                Op::put(&token_id, &token, Expect::Version(cur.version))?,
-                Op::put(collector_id, &collector, Expect::Absent)?,
-            ];
+            let at = ops.len();
+            ops.push(Op::put(&w.collector_id, &collector, Expect::Absent)?);
             if let Some(cred) = &cred {
                 let credential = CollectorCredential {
                     id: cred.id.clone(),
-                    collector_id: collector_id.to_string(),
+                    collector_id: w.collector_id.clone(),
                     secret_hash: cred.hash.clone(),
                     created_at: now,
                     revoked_at: None,
@@ -491,53 +625,96 @@ impl Domain {
                 };
                 ops.push(Op::put(&cred.id, &credential, Expect::Absent)?);
             }
-            let how = match joining {
-                Joining::Explicit => "explicit",
-                Joining::FirstContact => "first_contact",
-            };
             ops.push(self.audit_op(
                 &actor,
                 "collector.enroll",
-                collector_id,
+                &w.collector_id,
                 "ok",
-                serde_json::json!({ "name": name, "labels": labels, "via": how }),
+                serde_json::json!({ "name": w.name, "labels": labels, "via": w.joining.name() }),
             )?);
-            match self.store.commit(ops).await {
-                Ok(versions) => {
-                    tracing::info!(collector_id, token_id, via = how, "Collector enrolled.");
-                    return Ok(Joined {
-                        collector: Versioned {
-                            key: collector_id.to_string(),
-                            version: versions[1],
-                            value: collector,
-                        },
-                        credential: cred.map(|c| c.token),
-                    });
-                }
-                Err(StorageError::Conflict {
-                    table: Table::EnrollmentTokens,
-                    ..
-                }) => {
-                    // Another enrollment used the token meanwhile: re-check.
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                Err(StorageError::Conflict {
-                    table: Table::Collectors,
-                    ..
-                }) => {
-                    return Err(DomainError::AlreadyExists {
-                        what: "collector",
-                        id: collector_id.to_string(),
-                    });
-                }
-                Err(e) => return Err(e.into()),
+            verdicts.push(Verdict::Admitted {
+                at,
+                collector,
+                credential: cred.map(|c| c.token),
+            });
+        }
+        // Each token whose uses were counted, on the version read: a use
+        // counted elsewhere meanwhile makes the whole group re-check.
+        for (id, t) in &tokens {
+            if let Some(t) = t.as_ref().filter(|t| base.get(id) != Some(&t.value.uses)) {
+                ops.push(Op::put(*id, &t.value, Expect::Version(t.version))?);
             }
         }
-        Err(DomainError::Refused(
-            "enrollment token is too contended; try again".into(),
-        ))
+        Ok(Plan { ops, verdicts })
     }
+}
+
+/// How many enrollments one commit takes: each writes up to four records
+/// (collector, credential, audit event, and its share of the token), kept
+/// within what one commit of the store should carry.
+fn group_limit(domain: &Domain) -> usize {
+    (domain.store.batch_hint() / 4).max(1)
+}
+
+fn not_committed() -> DomainError {
+    DomainError::Storage(StorageError::Backend(
+        "the enrollment's commit did not finish; try again".into(),
+    ))
+}
+
+fn answer_all(group: Vec<Wanted>, e: &DomainError) {
+    for w in group {
+        let _ = w.answer.send(Err(e.clone()));
+    }
+}
+
+/// Enrollments of this instance waiting to be committed, and the lock of
+/// the one that commits them (group commit). Every enrollment writes its
+/// token's use count, so one commit per enrollment serialized them on the
+/// token and on the store's single writer, each paying a durable commit
+/// (fsync) of its own; gathered, a burst of agents sharing one token (a
+/// fleet rolled out with it) pays one per group.
+#[derive(Default)]
+pub(super) struct EnrollQueue {
+    // std Mutex: held to push or drain, never across an await.
+    waiting: Mutex<VecDeque<Wanted>>,
+    // tokio Mutex: held by the group being committed, across its store
+    // reads and its commit; whoever takes it next leads the next group.
+    leader: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl EnrollQueue {
+    fn waiting(&self) -> MutexGuard<'_, VecDeque<Wanted>> {
+        // Every section is one push or drain: a poisoned queue is consistent.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One enrollment waiting for its group's commit.
+struct Wanted {
+    token_id: String,
+    collector_id: String,
+    name: String,
+    reported_labels: Labels,
+    joining: Joining,
+    answer: oneshot::Sender<Result<Joined, DomainError>>,
+}
+
+/// A group's commit, and per enrollment (in the group's order) what it
+/// gets once that commit is durable.
+struct Plan {
+    ops: Vec<Op>,
+    verdicts: Vec<Verdict>,
+}
+
+enum Verdict {
+    /// `at`: the collector's op in the commit (its version).
+    Admitted {
+        at: usize,
+        collector: Collector,
+        credential: Option<String>,
+    },
+    Refused(DomainError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -546,6 +723,15 @@ enum Joining {
     Explicit,
     /// The enrollment token on an agent's first OpAMP message.
     FirstContact,
+}
+
+impl Joining {
+    fn name(self) -> &'static str {
+        match self {
+            Joining::Explicit => "explicit",
+            Joining::FirstContact => "first_contact",
+        }
+    }
 }
 
 struct Joined {

@@ -99,7 +99,7 @@ impl Actor {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DomainError {
     #[error("{what} {id:?} not found")]
     NotFound { what: &'static str, id: String },
@@ -184,9 +184,9 @@ pub struct Domain {
     instance: String,
     settings: AuthSettings,
     policy: CredentialPolicy,
-    /// Held by each enrollment transaction of this instance (see
+    /// Enrollments waiting for this instance's next group commit (see
     /// `enrollment::enroll_with`).
-    enrolling: Arc<tokio::sync::Mutex<()>>,
+    enrolling: Arc<enrollment::EnrollQueue>,
 }
 
 /// How often a commit whose precondition lost a race is retried, for

@@ -262,7 +262,7 @@ pub struct Change {
     pub version: Option<u64>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// A precondition did not hold: someone else changed the record.
     #[error("{table:?}/{key} changed concurrently (current version: {current:?})")]

@@ -8,6 +8,7 @@ mod config_safety;
 mod configstore;
 mod conformance;
 mod durability;
+mod enrollment_batch;
 mod fleet_config;
 mod fleet_core;
 mod front_door;
