@@ -6,7 +6,7 @@
 //!
 //! It must not write to the store: reactions only re-read, push or close.
 
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 
 use super::Fleet;
 use crate::domain::{Collector, CollectorCredential, CollectorStatus, DEFAULT_ASSIGNMENT};
@@ -133,23 +133,26 @@ impl Fleet {
     }
 }
 
-/// The fleet index's own subscription. A reader takes it to apply what was
-/// committed but not yet followed (read-your-writes for this instance's
-/// own writes: an enrollment, then the list); the follower task holds it
-/// while waiting and lets go when a reader rings `wake`.
+/// The fleet index's own subscription. Whoever holds it applies what was
+/// committed but not yet applied: the follower task when a change is
+/// published, and every view before it reads the index (read-your-writes
+/// for this instance's own writes: an enrollment, then the list).
+///
+/// Nobody holds it while waiting for a change (the follower waits on a
+/// subscription of its own, used only as a doorbell), so a view with
+/// nothing to apply takes it at once and returns: no hand-off to another
+/// task, which on a busy instance meant waiting behind thousands of
+/// session tasks for the follower to run and let go.
 pub(super) struct IndexFeed {
-    // tokio Mutex: held across the wait for the next change and the store
-    // read that applies it; FIFO, so a reader gets it before the follower
-    // takes it again.
+    // tokio Mutex: held while changes are applied, across the store reads
+    // that apply them; never across the wait for the next change.
     feed: tokio::sync::Mutex<ChangeFeed>,
-    wake: Notify,
 }
 
 impl IndexFeed {
     pub fn new(feed: ChangeFeed) -> Self {
         IndexFeed {
             feed: tokio::sync::Mutex::new(feed),
-            wake: Notify::new(),
         }
     }
 }
@@ -158,17 +161,13 @@ impl Fleet {
     /// The task that keeps the fleet index current; owned by the instance's
     /// tasks.
     pub(super) async fn follow_index(self) {
-        let shared = self.inner.index_feed.clone();
+        // Subscribed before the first catch-up: nothing published after
+        // that catch-up goes unrung.
+        let mut bell = self.inner.domain.store().subscribe();
         loop {
-            let mut feed = shared.feed.lock().await;
-            let next = tokio::select! {
-                r = feed.recv() => r,
-                // A reader wants the feed: let go of it.
-                _ = shared.wake.notified() => continue,
-            };
-            match next {
-                Ok(change) => self.index_change(change).await,
-                Err(broadcast::error::RecvError::Lagged(n)) => self.index_lagged(n).await,
+            self.catch_up_index().await;
+            match bell.recv().await {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
@@ -177,7 +176,6 @@ impl Fleet {
     /// Apply to the index every change already committed (see `IndexFeed`).
     pub(super) async fn catch_up_index(&self) {
         let shared = self.inner.index_feed.clone();
-        shared.wake.notify_one();
         let mut feed = shared.feed.lock().await;
         loop {
             match feed.try_recv() {
@@ -193,6 +191,7 @@ impl Fleet {
             missed,
             "The fleet index fell behind the change feed; rebuilding it from the store."
         );
+        self.inner.index.tables_changed();
         if let Err(e) = self.rebuild_index().await {
             tracing::warn!(error = %e, "Could not rebuild the fleet index; the next view retries.");
             self.inner.index.invalidate();
@@ -211,6 +210,9 @@ impl Fleet {
                     self.inner.index.invalidate();
                 }
             },
+            // Pinned configs, the fleet default, instances' presence: the
+            // views' context reads them again (`FleetIndex::tables`).
+            Table::ConfigAssignments | Table::ServerInstances => self.inner.index.tables_changed(),
             // Statuses of sessions held here reach the index through the
             // writer, fresher than the store; any other was written
             // elsewhere (or by a session that closed): read it once.

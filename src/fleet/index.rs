@@ -17,11 +17,12 @@
 //! It must not decide a collector's desired config (`resolve`) or whether
 //! the instance holding it is alive (`views` combines those when reading).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::desired::Desired;
 use crate::clock::Timestamp;
 use crate::domain::{AvailableComponentsView, Collector, CollectorStatus, Labels};
 use crate::storage::Versioned;
@@ -199,19 +200,87 @@ impl Counts {
 pub(super) struct Indexed {
     pub rows: BTreeMap<String, Row>,
     pub counts: Counts,
+    /// The ids of the collectors carrying each label (key, value), in id
+    /// order: a label-filtered page walks the smallest of its labels' sets
+    /// from its cursor, not the whole fleet.
+    pub by_label: HashMap<(String, String), BTreeSet<String>>,
 }
 
 impl Indexed {
-    /// Change one row (created empty if absent), keeping the counts.
+    fn of(rows: BTreeMap<String, Row>) -> Self {
+        let mut ix = Indexed {
+            counts: Counts::of(&rows),
+            rows: BTreeMap::new(),
+            by_label: HashMap::new(),
+        };
+        for (id, row) in &rows {
+            ix.post(id, row.collector.as_ref().map(|c| &*c.labels), true);
+        }
+        ix.rows = rows;
+        ix
+    }
+
+    /// Change one row (created empty if absent), keeping the counts and
+    /// the label sets.
     fn change(&mut self, id: &str, f: impl FnOnce(&mut Row)) {
         let row = match self.rows.get_mut(id) {
             Some(row) => row,
             None => self.rows.entry(id.to_string()).or_default(),
         };
         self.counts.apply(row, false);
+        let before = row.collector.as_ref().map(|c| c.labels.clone());
         f(row);
         self.counts.apply(row, true);
+        let after = row.collector.as_ref().map(|c| c.labels.clone());
+        if before != after {
+            self.post(id, before.as_deref(), false);
+            self.post(id, after.as_deref(), true);
+        }
     }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(row) = self.rows.remove(id) {
+            self.counts.apply(&row, false);
+            self.post(id, row.collector.as_ref().map(|c| &*c.labels), false);
+        }
+    }
+
+    /// Enter an id in (or take it out of) the sets of its labels.
+    fn post(&mut self, id: &str, labels: Option<&Labels>, add: bool) {
+        for (k, v) in labels.into_iter().flatten() {
+            let key = (k.clone(), v.clone());
+            if add {
+                self.by_label.entry(key).or_default().insert(id.to_string());
+            } else if let Some(ids) = self.by_label.get_mut(&key) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_label.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The ids of the collectors carrying every label of `wanted` is a
+    /// subset of this: the smallest set among its labels' (`None`: no
+    /// label asked, every row).
+    pub fn narrowest(&self, wanted: &Labels) -> Option<&BTreeSet<String>> {
+        static EMPTY: BTreeSet<String> = BTreeSet::new();
+        wanted
+            .iter()
+            .map(|(k, v)| self.by_label.get(&(k.clone(), v.clone())).unwrap_or(&EMPTY))
+            .min_by_key(|ids| ids.len())
+    }
+}
+
+/// The small tables every view reads besides the rows: pinned configs,
+/// the fleet default, and when each instance last heartbeat (whether it is
+/// alive is judged at the time of the view). Read from the store once and
+/// kept until the index follower applies a change to one of them.
+#[derive(Debug, Default)]
+pub(super) struct Tables {
+    pub pinned: HashMap<String, Arc<Desired>>,
+    pub default: Option<Arc<Desired>>,
+    pub heartbeats: HashMap<String, Timestamp>,
 }
 
 #[derive(Default)]
@@ -227,6 +296,11 @@ pub(super) struct FleetIndex {
     /// Built from the store at least once (a failed start-up build is
     /// retried by the first reader).
     ready: AtomicBool,
+    /// `Tables` as last read, with the generation it was read in (std
+    /// Mutex: an `Arc` in or out). A read that began before a change must
+    /// not be kept: `tables_generation` tells them apart.
+    tables: Mutex<Option<(u64, Arc<Tables>)>>,
+    tables_generation: AtomicU64,
 }
 
 impl FleetIndex {
@@ -247,6 +321,30 @@ impl FleetIndex {
     /// store rather than show a stale row forever.
     pub fn invalidate(&self) {
         self.ready.store(false, Ordering::Release);
+        self.tables_changed();
+    }
+
+    /// The kept `Tables`, or the generation a read of them must start from.
+    pub fn tables(&self) -> Result<Arc<Tables>, u64> {
+        let generation = self.tables_generation.load(Ordering::Acquire);
+        match &*self.tables.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((g, t)) if *g == generation => Ok(t.clone()),
+            _ => Err(generation),
+        }
+    }
+
+    /// Keep `Tables` read from the store unless one of them changed since
+    /// the read began.
+    pub fn keep_tables(&self, generation: u64, tables: Arc<Tables>) {
+        let mut kept = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        if self.tables_generation.load(Ordering::Acquire) == generation {
+            *kept = Some((generation, tables));
+        }
+    }
+
+    /// A pinned config, the default or a presence row changed (or may have).
+    pub fn tables_changed(&self) {
+        self.tables_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn digest(&self, c: &Versioned<Collector>) -> CollectorDigest {
@@ -287,10 +385,7 @@ impl FleetIndex {
     }
 
     pub fn remove(&self, id: &str) {
-        let mut ix = self.write();
-        if let Some(row) = ix.rows.remove(id) {
-            ix.counts.apply(&row, false);
-        }
+        self.write().remove(id);
     }
 
     /// A status as this instance's sessions hand it to the writer, or as
@@ -335,8 +430,8 @@ impl FleetIndex {
                 row.status = Some(self.status_digest(&s.value));
             }
         }
-        let counts = Counts::of(&rows);
-        *self.write() = Indexed { rows, counts };
+        let indexed = Indexed::of(rows);
+        *self.write() = indexed;
         self.ready.store(true, Ordering::Release);
     }
 }
@@ -419,6 +514,8 @@ mod tests {
         c
     }
 
+    /// The counts (and the label sets) equal a pass over the rows after
+    /// any sequence of changes.
     #[test]
     fn counts_match_a_pass_over_the_rows_after_any_sequence_of_changes() {
         for seed in 0..300 {
@@ -456,6 +553,13 @@ mod tests {
                 }
                 let g = ix.read();
                 assert_eq!(g.counts, recount(&g.rows), "seed {seed}, step {step}");
+                let mut posted = HashMap::<(String, String), BTreeSet<String>>::new();
+                for (id, row) in &g.rows {
+                    for (k, v) in row.collector.iter().flat_map(|c| c.labels.iter()) {
+                        posted.entry((k.clone(), v.clone())).or_default().insert(id.clone());
+                    }
+                }
+                assert_eq!(g.by_label, posted, "label sets, seed {seed}, step {step}");
             }
         }
     }

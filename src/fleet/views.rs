@@ -6,7 +6,7 @@
 //! maintained counts (one judgement per label set and per holding
 //! instance), not its rows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::desired::Desired;
-use super::index::{health_slot, CollectorDigest, Reported, Row, StatusDigest};
+use super::index::{health_slot, CollectorDigest, Reported, Row, StatusDigest, Tables};
 use super::{Fleet, PRESENCE_STALE};
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -183,6 +183,22 @@ fn reported_state(r: &Reported, desired: Option<&Desired>) -> &'static str {
     config_state(remote, r.available.as_ref().map(|a| &*a.0), desired).0.as_str()
 }
 
+/// The rows after `after` in id order: every row, or those named in a
+/// label's set of ids.
+fn candidates<'a>(
+    rows: &'a BTreeMap<String, Row>,
+    narrowest: Option<&'a BTreeSet<String>>,
+    after: Bound<&str>,
+) -> Box<dyn Iterator<Item = (&'a String, &'a Row)> + 'a> {
+    match narrowest {
+        Some(ids) => Box::new(
+            ids.range::<str, _>((after, Bound::Unbounded))
+                .filter_map(|id| rows.get_key_value(id.as_str())),
+        ),
+        None => Box::new(rows.range::<str, _>((after, Bound::Unbounded))),
+    }
+}
+
 /// The small tables every view needs besides the index: pinned configs
 /// (few collectors have one), the fleet default, and which instances are
 /// alive. Cheap to read per request; the live view keeps one per tick.
@@ -199,6 +215,34 @@ type LabelSet = (Option<Arc<Desired>>, Arc<Labels>, usize);
 
 impl Fleet {
     async fn view_context(&self) -> Result<ViewContext, DomainError> {
+        let tables = match self.inner.index.tables() {
+            Ok(kept) => kept,
+            Err(generation) => {
+                let read = Arc::new(self.read_tables().await?);
+                self.inner.index.keep_tables(generation, read.clone());
+                read
+            }
+        };
+        let now = self.domain().clock().now();
+        let alive = tables
+            .heartbeats
+            .iter()
+            .map(|(i, at)| {
+                (
+                    i.clone(),
+                    now.0.saturating_sub(at.0) < PRESENCE_STALE.as_millis() as u64,
+                )
+            })
+            .collect();
+        Ok(ViewContext {
+            pinned: tables.pinned.clone(),
+            default: tables.default.clone(),
+            alive,
+        })
+    }
+
+    /// The small tables of a view context, from the store.
+    async fn read_tables(&self) -> Result<Tables, DomainError> {
         let store = self.domain().store();
         let mut pinned = HashMap::new();
         let mut default = None;
@@ -209,19 +253,17 @@ impl Fleet {
                 pinned.insert(a.key.clone(), Arc::new(Desired::from((&a.value, "assignment"))));
             }
         }
-        let now = self.domain().clock().now();
-        let alive = store
+        let heartbeats = store
             .scan::<ServerInstance>(Scan::default())
             .await?
             .into_iter()
-            .map(|i| {
-                (
-                    i.key,
-                    now.0.saturating_sub(i.value.heartbeat_at.0) < PRESENCE_STALE.as_millis() as u64,
-                )
-            })
+            .map(|i| (i.key, i.value.heartbeat_at))
             .collect();
-        Ok(ViewContext { pinned, default, alive })
+        Ok(Tables {
+            pinned,
+            default,
+            heartbeats,
+        })
     }
 
     /// Rebuild the fleet index from the store (start-up, a lagging change
@@ -312,7 +354,8 @@ impl Fleet {
     /// index's own order from the cursor and stops once the page is full;
     /// by name or last seen it sorts the rows whose labels match (keys
     /// only, in memory), then judges rows from the cursor on until the
-    /// page is full.
+    /// page is full. A label filter walks only the collectors carrying its
+    /// rarest label (`Indexed::narrowest`).
     pub async fn list(&self, q: FleetQuery) -> Result<Page<FleetCollector>, DomainError> {
         let cx = self.view_context_current().await?;
         let limit = crate::domain::page_limit(q.limit);
@@ -343,19 +386,22 @@ impl Fleet {
             items.push((key, v));
             true
         };
+        // With a label filter, only the collectors carrying its rarest
+        // label are candidates (in id order, like the rows).
+        let narrowest = ix.narrowest(&q.labels);
+        let from = |after| candidates(rows, narrowest, after);
         if q.sort == FleetSort::Id {
             let after = match &q.cursor {
                 Some(cur) => Bound::Excluded(cur.as_str()),
                 None => Bound::Unbounded,
             };
-            for (id, row) in rows.range::<str, _>((after, Bound::Unbounded)) {
+            for (id, row) in from(after) {
                 if labels_match(row) && !take(id.clone(), id, row) {
                     break;
                 }
             }
         } else {
-            let mut order: Vec<(String, &String, &Row)> = rows
-                .iter()
+            let mut order: Vec<(String, &String, &Row)> = from(Bound::Unbounded)
                 .filter(|(_, row)| labels_match(row))
                 .filter_map(|(id, row)| Some((q.sort.key(id, row.collector.as_ref()?, row.status.as_ref()), id, row)))
                 .filter(|(key, _, _)| q.cursor.as_deref().is_none_or(|cur| key.as_str() > cur))
