@@ -485,7 +485,11 @@ impl Domain {
                     for (w, verdict) in group.into_iter().zip(plan.verdicts) {
                         let r = match verdict {
                             Verdict::Refused(e) => Err(e),
-                            Verdict::Admitted { at, collector, credential } => {
+                            Verdict::Admitted {
+                                at,
+                                collector,
+                                credential,
+                            } => {
                                 tracing::info!(
                                     collector_id = %w.collector_id,
                                     token_id = %w.token_id,

@@ -17,10 +17,10 @@ use super::desired::Desired;
 use super::index::{health_slot, CollectorDigest, Reported, Row, StatusDigest, Tables};
 use super::{Fleet, PRESENCE_STALE};
 use crate::clock::Timestamp;
+use crate::domain::rollout::RolloutState;
 use crate::domain::{
     Collector, CollectorStatus, ConfigAssignment, DomainError, Labels, Page, ServerInstance, DEFAULT_ASSIGNMENT,
 };
-use crate::domain::rollout::RolloutState;
 use crate::domain::{ConfigState, HealthState, RemoteConfigState};
 use crate::storage::Scan;
 
@@ -180,7 +180,9 @@ fn config_of(s: Option<&StatusDigest>, desired: Option<&Desired>) -> (&'static s
 /// `config_state` of a counted group.
 fn reported_state(r: &Reported, desired: Option<&Desired>) -> &'static str {
     let remote = r.remote.as_ref().map(|(h, s)| (h.as_str(), s.as_str()));
-    config_state(remote, r.available.as_ref().map(|a| &*a.0), desired).0.as_str()
+    config_state(remote, r.available.as_ref().map(|a| &*a.0), desired)
+        .0
+        .as_str()
 }
 
 /// The rows after `after` in id order: every row, or those named in a
@@ -459,13 +461,19 @@ impl Fleet {
             let desired = self.desired_in("", labels, cx);
             let mut carried = 0;
             for (r, n) in reports {
-                *sum.config.entry(reported_state(r, desired.as_deref()).into()).or_default() += n;
+                *sum.config
+                    .entry(reported_state(r, desired.as_deref()).into())
+                    .or_default() += n;
                 carried += n;
             }
             label_sets.push((labels.clone(), carried as usize));
         }
         for (id, pin) in &cx.pinned {
-            let Some((c, s)) = ix.rows.get(id).and_then(|r| Some((r.collector.as_ref()?, r.status.as_ref()))) else {
+            let Some((c, s)) = ix
+                .rows
+                .get(id)
+                .and_then(|r| Some((r.collector.as_ref()?, r.status.as_ref())))
+            else {
                 continue;
             };
             let r = Reported::of(s);

@@ -41,7 +41,10 @@ async fn forty_concurrent_enrollments_on_seven_uses_admit_exactly_seven() {
         );
     }
     // Each admitted one got its own collector and a credential of its own.
-    let credentials: HashSet<&str> = admitted.iter().map(|(_, _, b)| b["credential"].as_str().unwrap()).collect();
+    let credentials: HashSet<&str> = admitted
+        .iter()
+        .map(|(_, _, b)| b["credential"].as_str().unwrap())
+        .collect();
     assert_eq!(credentials.len(), 7);
     for (uid, _, body) in &admitted {
         assert_eq!(body["collector_id"], json!(uid));
@@ -59,7 +62,11 @@ async fn forty_concurrent_enrollments_on_seven_uses_admit_exactly_seven() {
     let acknowledged: HashSet<String> = admitted.iter().map(|(uid, _, _)| uid.clone()).collect();
     assert_eq!(stored, acknowledged);
     assert_eq!(
-        s.store.scan::<CollectorCredential>(Scan::default()).await.unwrap().len(),
+        s.store
+            .scan::<CollectorCredential>(Scan::default())
+            .await
+            .unwrap()
+            .len(),
         7
     );
     let t = s.store.get::<EnrollmentToken>(&token_id).await.unwrap().unwrap().value;
