@@ -26,32 +26,47 @@ enum Client {
 }
 
 impl Client {
-    fn installed(self) -> bool {
+    /// Ok when the client can be started here; otherwise what is missing
+    /// and how to install it.
+    fn missing(self) -> Result<(), String> {
+        let probe = |program: &str, args: &[&str]| std::process::Command::new(program).args(args).output();
         match self {
-            Client::Python => std::process::Command::new("python3")
-                .args(["-c", "import opentelemetry._opamp.agent"])
-                .status()
-                .is_ok_and(|s| s.success()),
-            Client::Node => repo_root()
-                .join("tests/interop/node_modules/@elastic/opamp-client-node")
-                .is_dir(),
+            Client::Python => match probe("python3", &["-c", "import opentelemetry._opamp.agent"]) {
+                Err(e) => Err(format!(
+                    "python3 is not on PATH ({e}); install Python 3, then `pip install -r tests/interop/requirements.txt`"
+                )),
+                Ok(out) if !out.status.success() => Err(format!(
+                    "the PyPI package opentelemetry-opamp-client is not importable by python3 ({}); install it with `pip install -r tests/interop/requirements.txt`",
+                    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("no error output").trim()
+                )),
+                Ok(_) => Ok(()),
+            },
+            Client::Node => {
+                if let Err(e) = probe("node", &["--version"]) {
+                    return Err(format!(
+                        "node is not on PATH ({e}); install Node.js, then `npm ci` in tests/interop"
+                    ));
+                }
+                let module = repo_root().join("tests/interop/node_modules/@elastic/opamp-client-node");
+                if !module.is_dir() {
+                    return Err(format!(
+                        "the npm package @elastic/opamp-client-node is not installed ({} is missing); install it with `npm ci` in tests/interop",
+                        module.display()
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
     /// False (and SKIPPED printed) when the client is absent and not
-    /// required; a missing client fails when `LINKMESH_INTEROP=1`.
+    /// required; a missing client fails the test when `LINKMESH_INTEROP=1`.
     fn available(self) -> bool {
-        if self.installed() {
+        let Err(missing) = self.missing() else {
             return true;
-        }
-        let hint = match self {
-            Client::Python => {
-                "opentelemetry-opamp-client is not installed (pip install -r tests/interop/requirements.txt)"
-            }
-            Client::Node => "@elastic/opamp-client-node is not installed (npm ci in tests/interop)",
         };
-        assert!(!required(), "LINKMESH_INTEROP=1 but {hint}");
-        println!("SKIPPED: {hint}");
+        assert!(!required(), "LINKMESH_INTEROP=1 but {missing}");
+        println!("SKIPPED: {missing} (set LINKMESH_INTEROP=1 to make this a failure)");
         false
     }
 
