@@ -2,7 +2,6 @@
 //! versions, problem+json, the OpenAPI document.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use linkmesh::clock::{ManualClock, Timestamp};
@@ -253,14 +252,7 @@ async fn roles_are_enforced_on_every_area() {
     let (_, token) = enrollment_token(b, &a, json!({"name":"roles","labels":{"env":"prod"}})).await;
     let enrolled: Value = enroll(b, &token, None).await.json().await.unwrap();
     let id = enrolled["collector_id"].as_str().unwrap();
-    let before: Value = a
-        .get(format!("{b}/api/v1/collectors/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Value = get_as(&a, format!("{b}/api/v1/collectors/{id}")).await;
     let files = json!({"files":{"collector.yaml":{"body":"receivers: {}\n"}}});
     let refused = [
         viewer.post(format!("{b}/api/v1/collectors/{id}/restart")),
@@ -278,14 +270,7 @@ async fn roles_are_enforced_on_every_area() {
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 403, "{:?}", r.url().path());
     }
-    let after: Value = a
-        .get(format!("{b}/api/v1/collectors/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Value = get_as(&a, format!("{b}/api/v1/collectors/{id}")).await;
     assert_eq!(before, after, "a viewer changed a collector");
     // The credential was not rotated: it still authenticates over OpAMP.
     let opamp = reqwest::Client::new()
@@ -338,14 +323,7 @@ async fn roles_are_enforced_on_every_area() {
         403
     );
     // Users can see themselves and change their own password.
-    let me: Value = viewer
-        .get(format!("{b}/api/v1/users/vera"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = get_as(&viewer, format!("{b}/api/v1/users/vera")).await;
     let r = viewer
         .patch(format!("{b}/api/v1/users/vera"))
         .json(&json!({"role":"admin","version":me["version"]}))
@@ -424,14 +402,7 @@ async fn api_tokens_act_as_their_owner_until_revoked_or_the_owner_is_disabled() 
     assert_eq!(r.status(), 401);
 
     // Disabling the owner disables the token.
-    let u: Value = a
-        .get(format!("{b}/api/v1/users/ed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let u: Value = get_as(&a, format!("{b}/api/v1/users/ed")).await;
     let r = a
         .patch(format!("{b}/api/v1/users/ed"))
         .header("If-Match", format!("\"{}\"", u["version"]))
@@ -528,14 +499,7 @@ async fn user_edits_need_the_version_they_read() {
     assert_eq!(r.status(), 409);
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["current_version"], 2);
-    let u: Value = a
-        .get(format!("{b}/api/v1/users/ops"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let u: Value = get_as(&a, format!("{b}/api/v1/users/ops")).await;
     assert_eq!(u["role"], "editor", "the stale edit changed nothing");
 
     // Bad input names the field.
@@ -629,14 +593,7 @@ async fn enrollment_tokens_expire_run_out_and_revoke() {
     assert_eq!(states, ["used_up", "expired", "revoked"]);
 
     // Refusals are audited.
-    let audit: Value = a
-        .get(format!("{b}/api/v1/audit?action=collector.enroll"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_as(&a, format!("{b}/api/v1/audit?action=collector.enroll")).await;
     let outcomes: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -666,16 +623,7 @@ async fn credential_rotation_refuses_the_old_credential() {
         e["credential"].as_str().unwrap().to_string(),
     );
 
-    let domain = linkmesh::domain::Domain::new(
-        s.store.clone(),
-        Arc::new(linkmesh::clock::SystemClock),
-        "t".into(),
-        linkmesh::domain::AuthSettings {
-            session_ttl: Duration::from_secs(60),
-            api_token_ttl: Duration::from_secs(60),
-            enrollment_token_ttl: Duration::from_secs(60),
-        },
-    );
+    let domain = domain_on(s.store.clone());
     assert_eq!(domain.authenticate_collector(&old).await.unwrap().key, id);
 
     let r: Value = a
@@ -699,14 +647,7 @@ async fn credential_rotation_refuses_the_old_credential() {
     let creds = s.store.scan::<CollectorCredential>(Scan::default()).await.unwrap();
     assert_eq!(creds.iter().filter(|c| c.value.revoked_at.is_some()).count(), 1);
 
-    let audit: Value = a
-        .get(format!("{b}/api/v1/audit?action=collector."))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_as(&a, format!("{b}/api/v1/audit?action=collector.")).await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -748,14 +689,7 @@ async fn lists_paginate_with_cursors() {
     }
     assert_eq!(seen.len(), 7);
     assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), 7, "no collector twice");
-    let none: Value = a
-        .get(format!("{b}/api/v1/collectors?selector=site=b"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value = get_as(&a, format!("{b}/api/v1/collectors?selector=site=b")).await;
     assert!(none["items"].as_array().unwrap().is_empty());
     s.stop().await;
 }
@@ -969,23 +903,9 @@ async fn refused_or_failed_opamp_agents_are_not_shown_and_see_no_storage_interna
         let r = poll(old.clone(), uid).await.unwrap();
         assert_eq!(r.status(), 401);
     }
-    let detail: Value = a
-        .get(format!("{}/api/v1/collectors/{id}", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail: Value = get_as(&a, format!("{}/api/v1/collectors/{id}", s.base)).await;
     assert_eq!(detail["connected"], false, "{detail}");
-    let summary: Value = a
-        .get(format!("{}/api/v1/fleet/summary", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let summary: Value = get_as(&a, format!("{}/api/v1/fleet/summary", s.base)).await;
     assert_eq!(summary["connected"], 0, "{summary}");
 
     // First contact with the token while the enrollment cannot be stored.
@@ -1008,14 +928,7 @@ async fn refused_or_failed_opamp_agents_are_not_shown_and_see_no_storage_interna
     // The store works again: the same agent enrolls on its next poll.
     let r = poll(token, newcomer).await.unwrap();
     assert_eq!(r.status(), 200);
-    let detail: Value = a
-        .get(format!("{}/api/v1/collectors/{newcomer}", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail: Value = get_as(&a, format!("{}/api/v1/collectors/{newcomer}", s.base)).await;
     assert_eq!(detail["id"], newcomer.to_string(), "{detail}");
     s.stop().await;
 }

@@ -45,14 +45,7 @@ async fn racing_user_edits_on_two_instances_one_wins_one_gets_409() {
         let won: Value = winner.json().await.unwrap();
         let lost: Value = loser.json().await.unwrap();
         assert_eq!(lost["current_version"], won["version"]);
-        let now: Value = ax
-            .get(format!("{}/api/v1/users/{name}", x.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let now: Value = get_as(&ax, format!("{}/api/v1/users/{name}", x.base)).await;
         assert_eq!(now["role"], won["role"], "the stored user is the winner's edit");
     }
     x.stop().await;
@@ -82,14 +75,7 @@ async fn racing_canvas_saves_on_two_instances_one_wins_one_gets_409() {
         } else {
             r2.json().await.unwrap()
         };
-        let stored: Value = ay
-            .get(format!("{}/api/v1/canvas", y.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stored: Value = get_as(&ay, format!("{}/api/v1/canvas", y.base)).await;
         assert_eq!(stored["document"], winner["document"]);
         version = stored["version"].as_u64().unwrap();
     }
@@ -236,14 +222,7 @@ async fn an_interrupted_deregistration_leaves_nothing_half_deleted() {
         204
     );
     assert_eq!(count(x.store.clone(), id.clone()).await, (0, 0, 0, 0));
-    let audit: Value = ay
-        .get(format!("{}/api/v1/audit?action=collector.deregister", y.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_as(&ay, format!("{}/api/v1/audit?action=collector.deregister", y.base)).await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 1);
     x.stop().await;
     y.stop().await;

@@ -38,13 +38,7 @@ bootstrap_admin_password_file = "/nonexistent/linkmesh-pw"   # missing secret fi
 "#,
     )
     .unwrap();
-    let out = Command::new(super::support::bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = super::support::check_config_refuses(&file);
     for key in [
         "server.listen_backlog",
         "telemetry.metrics",

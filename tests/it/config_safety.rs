@@ -19,7 +19,9 @@ use linkmesh::sim::{Sim, SimConfig, SimTransport};
 use serde_json::{json, Value};
 
 use crate::configstore::{attempted, next_snapshot, served, status_until, store_config, GitRepo};
-use crate::support::{admin, bin, enrollment_token, open_store, poll_json, start, test_config, user_with_role};
+use crate::support::{
+    admin, bin, enrollment_token, get_metrics, metric_lines, pair_with, poll_json, test_config, user_with_role,
+};
 
 /// The collector binary: LINKMESH_TEST_OTELCOL (must exist when set), else
 /// the cache scripts/test.sh fills. `None` prints a visible SKIPPED line.
@@ -195,10 +197,6 @@ async fn api(client: &reqwest::Client, method: reqwest::Method, url: String, bod
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-fn metric_line<'a>(metrics: &'a str, name: &str) -> Vec<&'a str> {
-    metrics.lines().filter(|l| l.starts_with(name)).collect()
-}
-
 /// History, render diff and the emergency override on two instances
 /// sharing one store and one repository; collectors connected to the
 /// instance that did not take the request follow the override.
@@ -208,14 +206,9 @@ async fn history_diff_and_an_override_every_instance_obeys() {
     let repo = GitRepo::init(&tmp.path().join("fleet"));
     repo.write("fleet.toml", &fleet("512"));
     let c1 = repo.commit_all("Batch 512");
-    let store = open_store(tmp.path()).await;
-    let mut ca = test_config(tmp.path());
-    ca.server.instance_name = Some("a".into());
-    ca.config_store = Some(store_config(repo.dir.to_str().unwrap()));
-    let mut cb = ca.clone();
-    cb.server.instance_name = Some("b".into());
-    let a = start(store.clone(), ca).await;
-    let b = start(store, cb).await;
+    let mut config = test_config(tmp.path());
+    config.config_store = Some(store_config(repo.dir.to_str().unwrap()));
+    let (a, b) = pair_with(tmp.path(), config).await;
     let admin = admin(&a.base).await;
     let viewer = user_with_role(&a.base, &admin, "watcher", "viewer").await;
     let get = |client: &reqwest::Client, base: &str, path: &str| {
@@ -392,14 +385,9 @@ async fn history_diff_and_an_override_every_instance_obeys() {
         (Some("ready"), Some(c1.as_str())),
         "{ready}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", b.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_metrics(&b.base).await;
     assert_eq!(
-        metric_line(&metrics, "linkmesh_config_override_active"),
+        metric_lines(&metrics, "linkmesh_config_override_active"),
         [format!("linkmesh_config_override_active{{commit=\"{c1}\"}} 1").as_str()]
     );
     let ob = get(&viewer, &b.base, "/api/v1/config/override").await;
@@ -447,14 +435,9 @@ async fn history_diff_and_an_override_every_instance_obeys() {
     all_on(&hash_at(&c4).await, "the collectors on the branch tip").await;
     let ready = get(&viewer, &b.base, "/readyz").await;
     assert!(ready.get("config_override").is_none(), "{ready}");
-    let metrics = reqwest::get(format!("{}/metrics", b.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_metrics(&b.base).await;
     assert!(
-        metric_line(&metrics, "linkmesh_config_override_active{").is_empty(),
+        metric_lines(&metrics, "linkmesh_config_override_active{").is_empty(),
         "{metrics}"
     );
     let h = get(&viewer, &b.base, "/api/v1/config/history").await;

@@ -16,7 +16,7 @@ use linkmesh::configstore::{ConfigStoreHandle, Snapshot, StoreStatus};
 use serde_json::{json, Value};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::support::{admin, bin, open_store, repo_root, test_config, wait_ready};
+use crate::support::{admin, bin, get_as, get_metrics, open_store, poll_json, poll_until, repo_root, test_config, wait_ready};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -135,18 +135,15 @@ pub async fn next_snapshot(rx: &mut tokio::sync::watch::Receiver<Option<Arc<Snap
 
 /// Poll the store's status until `f` holds.
 pub async fn status_until(store: &ConfigStoreHandle, what: &str, f: impl Fn(&StoreStatus) -> bool) -> StoreStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    poll_until(what, DEADLINE, async || {
         let st = store.status();
         if f(&st) {
-            return st;
+            Ok(st)
+        } else {
+            Err(format!("status: {st:#?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; status: {st:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 pub fn attempted(st: &StoreStatus, commit: &str) -> bool {
@@ -380,11 +377,10 @@ impl GitDaemon {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + DEADLINE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "git daemon did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until("git daemon to listen", DEADLINE, async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+        })
+        .await;
         GitDaemon { child, port }
     }
 }
@@ -474,26 +470,12 @@ async fn api_serves_revision_status_resources_and_render_preview() {
     let s = crate::support::start(open_store(tmp.path()).await, config).await;
     let a = admin(&s.base).await;
 
-    let rev: Value = a
-        .get(format!("{}/api/v1/config/revision", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rev: Value = get_as(&a, format!("{}/api/v1/config/revision", s.base)).await;
     assert_eq!(rev["commit"], json!(c1));
     assert_eq!(rev["author"], json!("Fleet Admin <fleet@example.com>"));
     assert_eq!(rev["message"], json!("Initial fleet config"));
 
-    let res: Value = a
-        .get(format!("{}/api/v1/config/resources", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let res: Value = get_as(&a, format!("{}/api/v1/config/resources", s.base)).await;
     assert_eq!(res["revision"]["commit"], json!(c1));
     assert_eq!(res["resources"]["destinations"]["backend"]["type"], json!("otlphttp"));
     assert_eq!(res["resources"]["routes"]["canaries"]["final"], json!(true));
@@ -515,12 +497,7 @@ async fn api_serves_revision_status_resources_and_render_preview() {
     assert_eq!(preview["hash"].as_str().unwrap().len(), 64);
     assert!(preview["yaml"].as_str().unwrap().contains("debug/debug"));
 
-    let metrics = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_metrics(&s.base).await;
     assert!(
         metrics.contains(&format!("linkmesh_config_revision_info{{commit=\"{c1}\"}} 1")),
         "{metrics}"
@@ -535,22 +512,12 @@ async fn api_serves_revision_status_resources_and_render_preview() {
             .replace("Bearer ${env:BACKEND_API_KEY}", "Bearer s3cr3t-t0ken"),
     );
     let bad = repo.commit_all("Inline the API key");
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        let st: Value = a
-            .get(format!("{}/api/v1/config/status", s.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if st["last_attempt"]["revision"]["commit"] == json!(bad) {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "{st}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = poll_json(
+        "the inlined key's commit attempted",
+        async || get_as(&a, format!("{}/api/v1/config/status", s.base)).await,
+        |st| st["last_attempt"]["revision"]["commit"] == json!(bad),
+    )
+    .await;
     assert_eq!(status["last_attempt"]["valid"], json!(false));
     assert_eq!(status["serving"]["commit"], json!(c1));
     assert_eq!(status["last_attempt"]["errors"][0]["file"], json!("destinations.toml"));
@@ -558,22 +525,10 @@ async fn api_serves_revision_status_resources_and_render_preview() {
         status["last_attempt"]["errors"][0]["key"],
         json!("destinations.backend.settings.headers.authorization")
     );
-    let rev: Value = a
-        .get(format!("{}/api/v1/config/revision", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rev: Value = get_as(&a, format!("{}/api/v1/config/revision", s.base)).await;
     assert_eq!(rev["commit"], json!(c1));
     assert_eq!(reqwest::get(format!("{}/readyz", s.base)).await.unwrap().status(), 200);
-    let metrics = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_metrics(&s.base).await;
     assert!(metrics.contains("linkmesh_config_reload_failures_total 1"), "{metrics}");
     assert!(metrics.contains("linkmesh_config_head_valid 0"), "{metrics}");
 
@@ -607,11 +562,10 @@ async fn an_instance_without_a_valid_commit_is_not_ready() {
         },
     ));
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + DEADLINE;
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("the server to answer /healthz", DEADLINE, async || {
+        client.get(format!("{base}/healthz")).send().await
+    })
+    .await;
     let r = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();

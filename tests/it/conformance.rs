@@ -8,7 +8,7 @@
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use linkmesh::config::{Config, DatabaseConfig, Secret, StorageBackend};
 use linkmesh::storage::conformance::{self, Probe};
@@ -143,13 +143,7 @@ tls_ca_file = "{}"
         ),
     )
     .unwrap();
-    let out = Command::new(super::support::bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = super::support::check_config_refuses(&file);
     for needle in [
         "database.uri",
         "w=1",
@@ -287,19 +281,19 @@ async fn mongodb_step_down_loses_no_acknowledged_write() {
     };
     // Step down once some commits went through.
     let admin = mongodb::Client::with_uri_str(&rs.uri).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    super::support::poll_until("20 commits through", Duration::from_secs(120), async || {
         let n = store
             .scan::<Probe>(linkmesh::storage::Scan::default())
             .await
             .map(|r| r.len())
             .unwrap_or(0);
         if n >= 20 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{n} so far"))
         }
-        assert!(Instant::now() < deadline, "commits do not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     // The primary closes connections while stepping down: an error here is
     // expected.
     let _ = admin
@@ -634,35 +628,26 @@ impl LocalMongo {
 
     async fn wait_answers(&mut self, port: u16) {
         let client = direct_client(port).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match client.database("admin").run_command(doc! { "ping": 1 }).await {
-                Ok(_) => return,
-                Err(e) if Instant::now() > deadline => {
-                    panic!("mongod on port {port} does not answer: {e}\n{}", self.logs())
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
+        let what = format!("mongod on port {port} to answer");
+        super::support::poll_until(&what, Duration::from_secs(60), async || {
+            let ping = client.database("admin").run_command(doc! { "ping": 1 }).await;
+            ping.map_err(|e| format!("{e}\n{}", self.logs()))
+        })
+        .await;
     }
 
     async fn wait_primary(&self, uri: &str) {
         let mut options = mongodb::options::ClientOptions::parse(uri).await.unwrap();
         options.server_selection_timeout = Some(Duration::from_secs(2));
         let client = mongodb::Client::with_options(options).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        super::support::poll_until("the replica set to elect a primary", Duration::from_secs(120), async || {
             let hello = client.database("admin").run_command(doc! { "hello": 1 }).await;
-            if let Ok(h) = &hello {
-                if h.get_bool("isWritablePrimary").unwrap_or(false) {
-                    return;
-                }
+            match &hello {
+                Ok(h) if h.get_bool("isWritablePrimary").unwrap_or(false) => Ok(()),
+                _ => Err(format!("{hello:?}\n{}", self.logs())),
             }
-            if Instant::now() > deadline {
-                panic!("the replica set elected no primary: {hello:?}\n{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
     }
 
     /// The end of every mongod's log, for failure messages.
@@ -706,7 +691,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 /// version bump, an enrollment counts one use — each audited once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unknown_commit_outcome_is_answered_by_re_reading() {
-    use crate::support::{admin, enroll, enrollment_token, start_fresh};
+    use crate::support::{admin, enroll, enrollment_token, get_as, start_fresh};
     use serde_json::{json, Value};
     let dir = tempfile::tempdir().unwrap();
     let s = start_fresh(dir.path()).await;
@@ -746,24 +731,10 @@ async fn an_unknown_commit_outcome_is_answered_by_re_reading() {
             (200, Some("\"2\""), &json!("editor")),
             "update, applied: {applied}: {body}"
         );
-        let got: Value = admin
-            .get(format!("{}/api/v1/users/{name}", s.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got: Value = get_as(&admin, format!("{}/api/v1/users/{name}", s.base)).await;
         assert_eq!(got["version"], 2, "one bump: {got}");
     }
-    let audit: Value = admin
-        .get(format!("{}/api/v1/audit?limit=100", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_as(&admin, format!("{}/api/v1/audit?limit=100", s.base)).await;
     let mut actions: Vec<(String, String)> = audit["items"]
         .as_array()
         .unwrap()
@@ -798,14 +769,7 @@ async fn an_unknown_commit_outcome_is_answered_by_re_reading() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(status, 201, "{body}");
     assert!(body["credential"].as_str().is_some_and(|c| !c.is_empty()), "{body}");
-    let tokens: Value = admin
-        .get(format!("{}/api/v1/enrollment-tokens", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tokens: Value = get_as(&admin, format!("{}/api/v1/enrollment-tokens", s.base)).await;
     let t = tokens["items"]
         .as_array()
         .unwrap()
@@ -813,14 +777,7 @@ async fn an_unknown_commit_outcome_is_answered_by_re_reading() {
         .find(|t| t["id"] == token_id.as_str())
         .unwrap();
     assert_eq!(t["uses"], 1, "{t}");
-    let collectors: Value = admin
-        .get(format!("{}/api/v1/collectors", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let collectors: Value = get_as(&admin, format!("{}/api/v1/collectors", s.base)).await;
     assert_eq!(collectors["items"].as_array().unwrap().len(), 1, "{collectors}");
     s.stop().await;
 }

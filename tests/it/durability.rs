@@ -97,16 +97,7 @@ async fn sigkill_during_an_enrollment_burst_loses_no_acknowledged_enrollment() {
     // Reopen the file the killed process held: every acknowledged
     // enrollment is there, with a working credential.
     let store = Store::open_embedded(&dir.path().join("store.redb")).await.unwrap();
-    let domain = linkmesh::domain::Domain::new(
-        store.clone(),
-        Arc::new(linkmesh::clock::SystemClock),
-        "t".into(),
-        linkmesh::domain::AuthSettings {
-            session_ttl: Duration::from_secs(60),
-            api_token_ttl: Duration::from_secs(60),
-            enrollment_token_ttl: Duration::from_secs(60),
-        },
-    );
+    let domain = domain_on(store.clone());
     for (id, credential) in &acked {
         let c = store.get::<Collector>(id).await.unwrap();
         assert!(c.is_some(), "acknowledged collector {id} lost");

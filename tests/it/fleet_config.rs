@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use linkmesh::sim::{AgentStats, Sim, SimConfig, SimTransport};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use super::configstore::{example_repo, store_config};
 use super::support::*;
@@ -28,10 +27,6 @@ fn label_sets() -> Vec<BTreeMap<String, String>> {
     ]
 }
 
-async fn get(base: &str, token: &str, path: &str) -> Value {
-    get_json(base, token, path).await
-}
-
 async fn preview(base: &str, token: &str, labels: &BTreeMap<String, String>) -> Value {
     reqwest::Client::new()
         .post(format!("{base}/api/v1/config/render-preview"))
@@ -45,39 +40,22 @@ async fn preview(base: &str, token: &str, labels: &BTreeMap<String, String>) -> 
         .unwrap()
 }
 
+/// Poll `check` until it holds (a condition with no state worth naming).
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(what, SETTLE, async || if check().await { Ok(()) } else { Err("not yet") }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commits_reach_exactly_the_collectors_they_change() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, first) = example_repo(&dir.path().join("fleet"));
-    let store = open_store(dir.path()).await;
-    let mut ca = test_config(dir.path());
-    ca.server.instance_name = Some("a".into());
-    ca.config_store = Some(store_config(repo.dir.to_str().unwrap()));
-    let mut cb = ca.clone();
-    cb.server.instance_name = Some("b".into());
-    let a = start(store.clone(), ca).await;
-    let b = start(store, cb).await;
+    let mut config = test_config(dir.path());
+    config.config_store = Some(store_config(repo.dir.to_str().unwrap()));
+    let (a, b) = pair_with(dir.path(), config).await;
     let admin = admin(&a.base).await;
-    let t: Value = admin
-        .post(format!("{}/api/v1/api-tokens", a.base))
-        .json(&json!({"name":"t"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = t["token"].as_str().unwrap().to_string();
+    let token = api_token(&a.base, &admin).await;
     let (_, enroll_token) = enrollment_token(&a.base, &admin, json!({"name":"fleet"})).await;
-    assert_eq!(get(&a.base, &token, "/api/v1/config/revision").await["commit"], first);
+    assert_eq!(get_json(&a.base, &token, "/api/v1/config/revision").await["commit"], first);
 
     let sets = label_sets();
     let sim = Sim::start(SimConfig {
@@ -115,7 +93,7 @@ async fn commits_reach_exactly_the_collectors_they_change() {
     })
     .await;
     wait_for("40 APPLIED in the summary", async || {
-        let s = get(&a.base, &token, "/api/v1/fleet/summary").await;
+        let s = get_json(&a.base, &token, "/api/v1/fleet/summary").await;
         s["connected"] == 50 && s["config"]["applied"] == 40 && s["config"]["none"] == 10
     })
     .await;
@@ -128,8 +106,8 @@ async fn commits_reach_exactly_the_collectors_they_change() {
 
     // Both instances render byte-identical configs for the same collector.
     for s in sim.stats().iter().take(5) {
-        let da = get(&a.base, &token, &format!("/api/v1/collectors/{}", s.collector_id)).await;
-        let db = get(&b.base, &token, &format!("/api/v1/collectors/{}", s.collector_id)).await;
+        let da = get_json(&a.base, &token, &format!("/api/v1/collectors/{}", s.collector_id)).await;
+        let db = get_json(&b.base, &token, &format!("/api/v1/collectors/{}", s.collector_id)).await;
         assert_eq!(da["desired"], db["desired"], "instances disagree on {}", s.collector_id);
     }
 
@@ -141,7 +119,7 @@ async fn commits_reach_exactly_the_collectors_they_change() {
     let second = repo.commit_all("Keep health-check spans");
     let mut expected2 = Vec::new();
     wait_for("the new commit served", async || {
-        get(&a.base, &token, "/api/v1/config/revision").await["commit"] == second.as_str()
+        get_json(&a.base, &token, "/api/v1/config/revision").await["commit"] == second.as_str()
     })
     .await;
     for set in &sets {
@@ -156,7 +134,7 @@ async fn commits_reach_exactly_the_collectors_they_change() {
     })
     .await;
     wait_for("all APPLIED again", async || {
-        get(&a.base, &token, "/api/v1/fleet/summary").await["config"]["applied"] == 40
+        get_json(&a.base, &token, "/api/v1/fleet/summary").await["config"]["applied"] == 40
     })
     .await;
     let stats = sim.stats();
@@ -184,11 +162,11 @@ async fn commits_reach_exactly_the_collectors_they_change() {
     repo.write("pipelines/traces.toml", &broken);
     let bad = repo.commit_all("Send traces nowhere");
     wait_for("the invalid commit to be refused", async || {
-        let s = get(&a.base, &token, "/api/v1/config/status").await;
+        let s = get_json(&a.base, &token, "/api/v1/config/status").await;
         s["last_attempt"]["revision"]["commit"] == bad.as_str() && s["last_attempt"]["valid"] == false
     })
     .await;
-    let status = get(&a.base, &token, "/api/v1/config/status").await;
+    let status = get_json(&a.base, &token, "/api/v1/config/status").await;
     let errors = status["last_attempt"]["errors"].as_array().unwrap();
     assert!(
         errors
@@ -200,7 +178,7 @@ async fn commits_reach_exactly_the_collectors_they_change() {
         status["serving"]["commit"], second,
         "the last valid commit keeps serving"
     );
-    assert_eq!(get(&b.base, &token, "/api/v1/config/revision").await["commit"], second);
+    assert_eq!(get_json(&b.base, &token, "/api/v1/config/revision").await["commit"], second);
     let received: Vec<u64> = sim.stats().iter().map(|s| s.received).collect();
     assert!(matches(&sim.stats(), &expected2), "an invalid commit moved a collector");
 
@@ -208,10 +186,10 @@ async fn commits_reach_exactly_the_collectors_they_change() {
     repo.write("pipelines/traces.toml", &traces);
     let fix = repo.commit_all("Fix the destination");
     wait_for("the fix served", async || {
-        get(&a.base, &token, "/api/v1/config/revision").await["commit"] == fix.as_str()
+        get_json(&a.base, &token, "/api/v1/config/revision").await["commit"] == fix.as_str()
     })
     .await;
-    assert!(get(&a.base, &token, "/api/v1/config/status").await["last_attempt"]["valid"] == true);
+    assert!(get_json(&a.base, &token, "/api/v1/config/status").await["last_attempt"]["valid"] == true);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         sim.stats().iter().map(|s| s.received).collect::<Vec<_>>(),
@@ -221,7 +199,7 @@ async fn commits_reach_exactly_the_collectors_they_change() {
 
     // Relabelling a collector re-renders it: a db collector becomes an app.
     let id = sim.stats()[4].collector_id.clone();
-    let d = get(&a.base, &token, &format!("/api/v1/collectors/{id}")).await;
+    let d = get_json(&a.base, &token, &format!("/api/v1/collectors/{id}")).await;
     let r = admin
         .patch(format!("{}/api/v1/collectors/{id}/labels", b.base))
         // A browser on instance b names b as its origin (behind a load

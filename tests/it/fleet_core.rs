@@ -61,14 +61,7 @@ async fn a_status_left_connected_by_an_earlier_run_is_corrected_at_start() {
     )
     .await;
     let admin_b = admin(&b.base).await;
-    let seen: Value = admin_b
-        .get(format!("{}/api/v1/collectors/{id}", b.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen: Value = get_as(&admin_b, format!("{}/api/v1/collectors/{id}", b.base)).await;
     assert_eq!(seen["connected"], false, "{seen}");
     assert_eq!(seen["instance"], "a");
     a.stop().await;

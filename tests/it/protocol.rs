@@ -14,19 +14,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::support::*;
-
-pub(super) async fn api_token(base: &str, admin: &reqwest::Client) -> String {
-    let v: Value = admin
-        .post(format!("{base}/api/v1/api-tokens"))
-        .json(&json!({"name":"test"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["token"].as_str().unwrap().to_string()
-}
+// front_door.rs takes these from here; they live in support.rs.
+pub(super) use super::support::{api_token, enroll_one, summary, wait_summary};
 
 pub(super) async fn set_default(base: &str, token: &str, body: &str) {
     let r = reqwest::Client::new()
@@ -37,15 +26,6 @@ pub(super) async fn set_default(base: &str, token: &str, body: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
-}
-
-pub(super) async fn summary(base: &str, token: &str) -> Value {
-    get_json(base, token, "/api/v1/fleet/summary").await
-}
-
-/// Poll the fleet summary until `pred` holds (deadline: 60 s).
-pub(super) async fn wait_summary(base: &str, token: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    poll_json("the fleet summary", async || summary(base, token).await, pred).await
 }
 
 fn sim_config(s: &TestServer, transport: SimTransport, n: usize, token: &str) -> SimConfig {
@@ -126,28 +106,14 @@ async fn a_failed_config_shows_the_collectors_error_message() {
     set_default(&s.base, &token, "exporters:\n  nonexistent_exporter: {}\n").await;
     wait_summary(&s.base, &token, |v| v["config"]["failed"] == 3).await;
     let id = sim.stats()[0].collector_id.clone();
-    let d: Value = admin
-        .get(format!("{}/api/v1/collectors/{id}", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = get_as(&admin, format!("{}/api/v1/collectors/{id}", s.base)).await;
     assert_eq!(d["config_status"], "failed");
     assert!(
         d["config_error"].as_str().unwrap().contains("nonexistent_exporter"),
         "{d}"
     );
     assert_eq!(d["status"]["remote_config"]["status"], "FAILED");
-    let list: Value = admin
-        .get(format!("{}/api/v1/collectors?config_status=failed", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_as(&admin, format!("{}/api/v1/collectors?config_status=failed", s.base)).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 3);
     sim.stop();
     s.stop().await;
@@ -181,15 +147,6 @@ pub(super) async fn grpc_session(
         .insert("authorization", format!("Bearer {credential}").parse().unwrap());
     let stream = client.session(req).await?.into_inner();
     Ok((tx, stream))
-}
-
-pub(super) async fn enroll_one(base: &str, admin: &reqwest::Client) -> (String, String) {
-    let (_, t) = enrollment_token(base, admin, json!({"name":"one"})).await;
-    let e: Value = enroll(base, &t, None).await.json().await.unwrap();
-    (
-        e["collector_id"].as_str().unwrap().into(),
-        e["credential"].as_str().unwrap().into(),
-    )
 }
 
 pub(super) fn uid_bytes(id: &str) -> Vec<u8> {
@@ -262,14 +219,7 @@ async fn revoked_and_unknown_credentials_are_refused_on_every_transport() {
         "the stream ends after the refusal"
     );
 
-    let audit: Value = admin
-        .get(format!("{}/api/v1/audit?action=collector.authenticate", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_as(&admin, format!("{}/api/v1/audit?action=collector.authenticate", s.base)).await;
     assert!(
         audit["items"].as_array().unwrap().len() >= 4,
         "refusals are audited: {audit}"
@@ -510,14 +460,7 @@ async fn commands_labels_and_pins_made_on_another_instance_reach_the_collector()
     );
 
     // Labels through b, with optimistic concurrency.
-    let d: Value = admin_b
-        .get(format!("{}/api/v1/collectors/{id}", b.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = get_as(&admin_b, format!("{}/api/v1/collectors/{id}", b.base)).await;
     let r = admin_b
         .patch(format!("{}/api/v1/collectors/{id}/labels", b.base))
         .json(&json!({"labels":{"env":"prod"},"version":d["version"]}))
@@ -532,14 +475,7 @@ async fn commands_labels_and_pins_made_on_another_instance_reach_the_collector()
         .await
         .unwrap();
     assert_eq!(stale.status(), 409);
-    let listed: Value = admin_b
-        .get(format!("{}/api/v1/collectors?selector=env=prod", b.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_as(&admin_b, format!("{}/api/v1/collectors?selector=env=prod", b.base)).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 
     // Deregistration through b ends the session on a.
@@ -738,14 +674,7 @@ async fn first_contact_assigns_a_uid_and_refuses_a_used_up_token() {
     let reply = stream.message().await.unwrap().unwrap();
     let uid = reply.agent_identification.expect("a uid is assigned").new_instance_uid;
     let id = uuid::Uuid::from_slice(&uid).unwrap().to_string();
-    let d: Value = admin
-        .get(format!("{}/api/v1/collectors/{id}", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = get_as(&admin, format!("{}/api/v1/collectors/{id}", s.base)).await;
     assert_eq!(d["id"], id.as_str(), "{d}");
     let other = uuid::Uuid::now_v7();
     let err = grpc_session(&s.grpc, &enroll, other.as_bytes()).await.unwrap_err();

@@ -27,7 +27,8 @@ use serde_json::{json, Value};
 
 use crate::configstore::{store_config, GitRepo};
 use crate::support::{
-    admin, enroll, enrollment_token, open_store, poll_json, start_with_clock, test_config, TestServer,
+    admin, enroll, enrollment_token, get_as, get_metrics, metric_lines, open_store, poll_json, poll_until, start_with_clock,
+    test_config, TestServer, SETTLE,
 };
 
 /// The fleet config: every collector gets a batched pipeline whose batch
@@ -169,14 +170,7 @@ async fn hash_at(
 
 /// `GET` a JSON document as `client`.
 async fn get(server: &TestServer, client: &reqwest::Client, path: &str) -> Value {
-    client
-        .get(format!("{}{path}", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_as(client, format!("{}{path}", server.base)).await
 }
 
 async fn rollouts(server: &TestServer, client: &reqwest::Client) -> Value {
@@ -195,12 +189,11 @@ async fn act(server: &TestServer, client: &reqwest::Client, id: &str, action: &s
 /// Wait until every collector of `sim` runs the config `want` says it
 /// should (by collector id); fail naming `what`.
 async fn until_configs(what: &str, sim: &Sim, want: impl Fn(&str) -> String) {
-    until_configs_within(what, sim, want, Duration::from_secs(60)).await
+    until_configs_within(what, sim, want, SETTLE).await
 }
 
 async fn until_configs_within(what: &str, sim: &Sim, want: impl Fn(&str) -> String, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
+    poll_until(what, limit, async || {
         let stats = sim.stats();
         let wrong: Vec<_> = stats
             .iter()
@@ -208,21 +201,21 @@ async fn until_configs_within(what: &str, sim: &Sim, want: impl Fn(&str) -> Stri
             .map(|s| (s.collector_id.clone(), s.connected, s.last_error.clone()))
             .collect();
         if wrong.is_empty() {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {} of {} collectors on another config, e.g. (id, connected, last error) {:?}",
+        Err(format!(
+            "{} of {} collectors on another config, e.g. (id, connected, last error) {:?}",
             wrong.len(),
             stats.len(),
             &wrong[..wrong.len().min(3)]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ))
+    })
+    .await
 }
 
-fn metric(text: &str, line_start: &str) -> Option<String> {
-    text.lines().find(|l| l.starts_with(line_start)).map(String::from)
+/// The first line of a Prometheus text starting with `line_start`.
+fn metric<'a>(text: &'a str, line_start: &str) -> Option<&'a str> {
+    metric_lines(text, line_start).first().copied()
 }
 
 /// 3 waves (canary 10%, half of the rest, the rest) over 60 collectors:
@@ -306,21 +299,14 @@ async fn three_waves_over_60_collectors_follow_the_clock() {
     );
     s.clock.advance(Duration::from_secs(11 * 60));
     // The metric follows the stored record (the driver reads it back).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let metrics = reqwest::get(format!("{}/metrics", a.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let state = metric(&metrics, "linkmesh_rollout_state{");
-        if state.as_deref() == Some("linkmesh_rollout_state{state=\"paused\"} 1") {
-            break;
+    poll_until("the rollout state metric to say paused", SETTLE, async || {
+        let text = get_metrics(&a.base).await;
+        match metric(&text, "linkmesh_rollout_state{") {
+            Some("linkmesh_rollout_state{state=\"paused\"} 1") => Ok(()),
+            state => Err(format!("{state:?}")),
         }
-        assert!(Instant::now() < deadline, "rollout state metric: {state:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     until_configs("nothing beyond the canary while paused", &sim, on(0)).await;
     assert_eq!(rollouts(&a, &admin).await["current"]["wave"], 0);
 
@@ -435,14 +421,9 @@ percent = 50
     assert!(never_touched.is_empty(), "the rest got configs: {never_touched:?}");
     let history: Value = get(&a, &admin, "/api/v1/config/history").await;
     assert_eq!(history["entries"][0]["outcome"], "rolled_back", "{history}");
-    let metrics = reqwest::get(format!("{}/metrics", a.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_metrics(&a.base).await;
     assert_eq!(
-        metric(&metrics, "linkmesh_rollout_gate_failures_total{").as_deref(),
+        metric(&metrics, "linkmesh_rollout_gate_failures_total{"),
         Some("linkmesh_rollout_gate_failures_total{gate=\"applied\"} 1")
     );
 
@@ -919,14 +900,15 @@ impl Gated {
             |c| c["desired"]["hash"] == self.h1.as_str(),
         )
         .await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while resent && self.agent.last_received().as_deref() != Some(self.h1.as_str()) {
-            assert!(
-                Instant::now() < deadline,
-                "the hand agent was not sent c1 again: {:?}",
-                self.agent.received.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if resent {
+            poll_until("the hand agent sent c1 again", SETTLE, async || {
+                if self.agent.last_received().as_deref() == Some(self.h1.as_str()) {
+                    Ok(())
+                } else {
+                    Err(format!("it got {:?}", self.agent.received.lock().unwrap()))
+                }
+            })
+            .await;
         }
         let touched: Vec<_> = self
             .rest
@@ -936,14 +918,9 @@ impl Gated {
             .map(|st| st.collector_id)
             .collect();
         assert!(touched.is_empty(), "the rest got other configs: {touched:?}");
-        let metrics = reqwest::get(format!("{}/metrics", self.server.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = get_metrics(&self.server.base).await;
         assert_eq!(
-            metric(&metrics, "linkmesh_rollout_gate_failures_total{").as_deref(),
+            metric(&metrics, "linkmesh_rollout_gate_failures_total{"),
             Some(format!("linkmesh_rollout_gate_failures_total{{gate=\"{gate}\"}} 1").as_str())
         );
     }
@@ -1053,18 +1030,18 @@ async fn rising_exporter_failures_fail_the_send_failure_gate() {
         async |server, agent| {
             agent.report_sends(server, 990, 10, 100).await;
             // The "before" figures are taken from the stored rollup.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
+            poll_until("the rollup stored", SETTLE, async || {
                 let stored = server.store.get::<TelemetryRollup>(&agent.id).await.unwrap();
                 let text = stored
                     .map(|r| serde_json::to_string(&r.value).unwrap())
                     .unwrap_or_default();
                 if text.contains("990") {
-                    break;
+                    Ok(())
+                } else {
+                    Err(format!("no rollup with the 990 sends: {text:?}"))
                 }
-                assert!(Instant::now() < deadline, "no rollup stored: {text}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            })
+            .await;
         },
     )
     .await;

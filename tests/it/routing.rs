@@ -65,16 +65,7 @@ async fn fleet(dir: &Path, url: &Path, allow_publish: bool) -> Fleet {
     let server = start(open_store(dir).await, config).await;
     let admin = admin(&server.base).await;
     let editor = user_with_role(&server.base, &admin, "erin", "editor").await;
-    let t: Value = admin
-        .post(format!("{}/api/v1/api-tokens", server.base))
-        .json(&json!({"name": "t"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = t["token"].as_str().unwrap().to_string();
+    let token = api_token(&server.base, &admin).await;
     let (_, enroll) = enrollment_token(&server.base, &admin, json!({"name": "fleet"})).await;
     let sim = Sim::start(SimConfig {
         transport: SimTransport::Grpc,
@@ -90,11 +81,13 @@ async fn fleet(dir: &Path, url: &Path, allow_publish: bool) -> Fleet {
     })
     .await
     .unwrap();
-    poll_json(
-        "10 collectors connected",
-        async || get_json(&server.base, &token, "/api/v1/fleet/summary").await,
-        |s| s["connected"] == 10,
-    )
+    // Connected is not settled: a collector counts as connected before it
+    // has taken the config its first reply carries. Waiting for that too
+    // keeps a late first config from passing for a push the test caused.
+    // Kind 4 (role=db) is routed nothing.
+    wait_summary(&server.base, &token, |s| {
+        s["connected"] == 10 && s["config"]["applied"] == 8 && s["config"]["none"] == 2
+    })
     .await;
     Fleet {
         server,
@@ -235,22 +228,18 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
     )
     .await;
     let affected = |i: usize| i % 5 == 1;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = f.sim.stats();
-        if now
-            .iter()
-            .enumerate()
-            .all(|(i, s)| !affected(i) || s.received > before[i].1)
-        {
-            break;
+    poll_until("the affected collectors pushed the new config", SETTLE, async || {
+        let waiting: Vec<usize> = (f.sim.stats().iter().enumerate())
+            .filter(|(i, s)| affected(*i) && s.received <= before[*i].1)
+            .map(|(i, _)| i)
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("collectors {waiting:?} got nothing yet"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the affected collectors never got the new config"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let preview_hash = |labels| async move {
         let r: Value = reqwest::Client::new()
             .post(format!("{base}/api/v1/config/render-preview"))
@@ -283,14 +272,7 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
 
     // Audited, with the user.
     let admin = admin(base).await;
-    let audit: Value = admin
-        .get(format!("{base}/api/v1/audit?action=config.publish"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_as(&admin, format!("{base}/api/v1/audit?action=config.publish")).await;
     let e = &audit["items"][0];
     assert_eq!(
         (e["actor"].as_str(), e["target"].as_str(), e["outcome"].as_str()),

@@ -91,10 +91,16 @@ pub async fn start_with_clock(store: Store, config: Config, clock: Arc<dyn Clock
 /// Two instances, `a` and `b`, sharing one fresh store in `dir` (the shape
 /// of an HA pair).
 pub async fn pair(dir: &Path) -> (TestServer, TestServer) {
+    pair_with(dir, test_config(dir)).await
+}
+
+/// [`pair`] with `config` (a [`test_config`] of `dir`, changed) on both
+/// instances, each under its own name.
+pub async fn pair_with(dir: &Path, config: Config) -> (TestServer, TestServer) {
     let store = open_store(dir).await;
-    let mut ca = test_config(dir);
+    let mut ca = config.clone();
     ca.server.instance_name = Some("a".into());
-    let mut cb = test_config(dir);
+    let mut cb = config;
     cb.server.instance_name = Some("b".into());
     let a = start(store.clone(), ca).await;
     let b = start(store, cb).await;
@@ -192,18 +198,43 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Fetch a JSON document with `fetch` until `pred` holds on it; fail naming
-/// `what` (with the last document) after 60 s. Polls, never sleeps blind.
-pub async fn poll_json(what: &str, mut fetch: impl AsyncFnMut() -> Value, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// How long a test waits for state to settle before it fails: generous for
+/// a loaded 2-core machine, yet a hang still ends with the state named.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// Ask `probe` every 50 ms until it answers `Ok`; after `limit`, fail naming
+/// `what` and the last `Err` (what the state was instead). The one polling
+/// loop of these tests: they poll with a deadline, never sleep blind.
+pub async fn poll_until<T, E: std::fmt::Display>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + limit;
     loop {
-        let v = fetch().await;
-        if pred(&v) {
-            return v;
+        match probe().await {
+            Ok(v) => return v,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}: {e}"
+            ),
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Fetch a JSON document with `fetch` until `pred` holds on it; fail naming
+/// `what` (with the last document) after [`SETTLE`].
+pub async fn poll_json(what: &str, mut fetch: impl AsyncFnMut() -> Value, pred: impl Fn(&Value) -> bool) -> Value {
+    poll_until(what, SETTLE, async || {
+        let v = fetch().await;
+        if pred(&v) {
+            Ok(v)
+        } else {
+            Err(v)
+        }
+    })
+    .await
 }
 
 /// `GET base+path` as JSON, with a bearer token.
@@ -217,4 +248,88 @@ pub async fn get_json(base: &str, token: &str, path: &str) -> Value {
         .json()
         .await
         .unwrap()
+}
+
+/// `GET url` as `client` (a logged-in session or a plain client), the
+/// answer as JSON.
+pub async fn get_as(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// The Prometheus text an instance serves at `/metrics`.
+pub async fn get_metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The lines of a Prometheus text that start with `prefix`: a metric name,
+/// or a name and the start of its labels (`name{state=`).
+pub fn metric_lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// Create an API token as `client` (it acts with its owner's role);
+/// returns its secret.
+pub async fn api_token(base: &str, client: &reqwest::Client) -> String {
+    let r = client
+        .post(format!("{base}/api/v1/api-tokens"))
+        .json(&json!({ "name": "test" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "creating an API token");
+    let v: Value = r.json().await.unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// Enroll one collector with a fresh enrollment token created as `admin`;
+/// returns (collector id, credential).
+pub async fn enroll_one(base: &str, admin: &reqwest::Client) -> (String, String) {
+    let (_, t) = enrollment_token(base, admin, json!({"name":"one"})).await;
+    let e: Value = enroll(base, &t, None).await.json().await.unwrap();
+    (
+        e["collector_id"].as_str().unwrap().into(),
+        e["credential"].as_str().unwrap().into(),
+    )
+}
+
+/// The fleet summary (`GET /api/v1/fleet/summary`) with a bearer token.
+pub async fn summary(base: &str, token: &str) -> Value {
+    get_json(base, token, "/api/v1/fleet/summary").await
+}
+
+/// Poll the fleet summary until `pred` holds (deadline: [`SETTLE`]).
+pub async fn wait_summary(base: &str, token: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    poll_json("the fleet summary", async || summary(base, token).await, pred).await
+}
+
+/// Run `linkmesh check-config file`, which must refuse it; returns what it
+/// printed on stderr (the errors, each naming its key).
+pub fn check_config_refuses(file: &Path) -> String {
+    let out = std::process::Command::new(bin())
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "check-config accepted {}", file.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A domain handle on `store` outside any server (to look at what a server
+/// stored), with one-minute session and token lifetimes.
+pub fn domain_on(store: Store) -> linkmesh::domain::Domain {
+    linkmesh::domain::Domain::new(
+        store,
+        Arc::new(SystemClock),
+        "t".into(),
+        linkmesh::domain::AuthSettings {
+            session_ttl: Duration::from_secs(60),
+            api_token_ttl: Duration::from_secs(60),
+            enrollment_token_ttl: Duration::from_secs(60),
+        },
+    )
 }

@@ -187,16 +187,7 @@ async fn planted_secrets_never_appear_in_debug_logs() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
-    let r: serde_json::Value = a
-        .post(format!("{b}/api/v1/api-tokens"))
-        .json(&serde_json::json!({"name": "automation"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let api_token = r["token"].as_str().unwrap().to_string();
+    let api_token = api_token(&b, &a).await;
     let me = reqwest::Client::new()
         .get(format!("{b}/api/v1/auth/me"))
         .bearer_auth(&api_token)

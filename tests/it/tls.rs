@@ -1,7 +1,6 @@
 //! HTTPS on the web listener, and certificate renewal without a restart.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
@@ -71,26 +70,23 @@ async fn https_serves_and_picks_up_a_renewed_certificate() {
     ));
     let url = format!("https://localhost:{}/readyz", addr.port());
     let old = client_trusting(&ca1, addr);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while old.get(&url).send().await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
-        assert!(Instant::now() < deadline, "HTTPS never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until("HTTPS to answer 200", SETTLE, async || match old.get(&url).send().await {
+        Ok(r) if r.status() == 200 => Ok(()),
+        Ok(r) => Err(r.status().to_string()),
+        Err(e) => Err(e.to_string()),
+    })
+    .await;
 
     // Renew with a certificate from another CA: new connections get it.
     let (ca2, cert2, key2) = issue();
     write_pair(dir.path(), &cert2, &key2);
     let new = client_trusting(&ca2, addr);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        // Fresh client each time: no pooled connection from before.
-        if let Ok(r) = client_trusting(&ca2, addr).get(&url).send().await {
-            assert_eq!(r.status(), 200);
-            break;
-        }
-        assert!(Instant::now() < deadline, "the renewed certificate was never served");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // A fresh client each time: no pooled connection from before.
+    let r = poll_until("the renewed certificate served", SETTLE, async || {
+        client_trusting(&ca2, addr).get(&url).send().await
+    })
+    .await;
+    assert_eq!(r.status(), 200);
     assert_eq!(new.get(&url).send().await.unwrap().status(), 200);
     assert!(
         client_trusting(&ca1, addr).get(&url).send().await.is_err(),
