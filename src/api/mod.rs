@@ -15,7 +15,7 @@ mod health;
 mod openapi;
 pub mod ratelimit;
 mod rollouts;
-mod routing;
+pub(crate) mod routing;
 mod security;
 mod tokens;
 mod users;

@@ -20,7 +20,7 @@ use super::AppState;
 use crate::configstore::draft::{self, Graph, RouteChange};
 use crate::configstore::publish::{Author, Draft, DraftError, Preview, PublishMode, Published};
 use crate::configstore::{ConfigStoreHandle, Revision, ValidationError};
-use crate::domain::{Actor, Role};
+use crate::domain::{Actor, DomainError, Role};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -159,6 +159,35 @@ fn draft_error(e: DraftError) -> (Response, &'static str) {
     }
 }
 
+/// The served commit and its routing graph over the collectors `actor`
+/// may see; `None` until a valid commit is loaded or without a config
+/// store. One place for what `GET /api/v1/routing` and the console's
+/// routing canvas show.
+pub(crate) async fn served_graph(s: &AppState, actor: &Actor) -> Result<Option<(Revision, Graph)>, DomainError> {
+    let Some(snapshot) = s.config_store.as_ref().and_then(|c| c.current()) else {
+        return Ok(None);
+    };
+    let targets = s.domain.route_targets(actor).await?;
+    Ok(Some((
+        snapshot.revision.clone(),
+        draft::graph(&snapshot.resources, &targets),
+    )))
+}
+
+impl PublishRequest {
+    /// The draft, and what the audit event names whatever the outcome: the
+    /// base commit and the routes changed.
+    fn into_parts(self) -> (Draft, Option<String>, String, Vec<String>) {
+        let routes = routes_named(&self.changes).into_iter().map(String::from).collect();
+        let base = self.base_commit.clone();
+        let draft = Draft {
+            base_commit: self.base_commit,
+            changes: self.changes,
+        };
+        (draft, self.message, base, routes)
+    }
+}
+
 fn author(a: &Actor) -> Author {
     Author::user(a.username().unwrap_or("unknown"))
 }
@@ -176,17 +205,16 @@ fn routes_named(changes: &[RouteChange]) -> Vec<&str> {
 async fn graph(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<Json<RoutingView>, ApiError> {
     a.require(Role::Viewer)?;
     let store = store(&s)?;
-    let snapshot = store.current().ok_or_else(|| {
+    let (revision, graph) = served_graph(&s, &a).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no-valid-config",
             "no valid config commit has been loaded yet; see GET /api/v1/config/status",
         )
     })?;
-    let targets = s.domain.route_targets(&a).await?;
     Ok(Json(RoutingView {
-        revision: snapshot.revision.clone(),
-        graph: draft::graph(&snapshot.resources, &targets),
+        revision,
+        graph,
         publish: store.publish_mode(),
     }))
 }
@@ -230,18 +258,13 @@ async fn publish(
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Response, ApiError> {
     let store = store(&s)?;
-    let routes: Vec<String> = routes_named(&req.changes).into_iter().map(String::from).collect();
-    let base = req.base_commit.clone();
-    let draft = Draft {
-        base_commit: req.base_commit,
-        changes: req.changes,
-    };
+    let (draft, message, base, routes) = req.into_parts();
     let committer = Author {
         name: format!("LinkMesh ({})", s.instance),
         email: "linkmesh@linkmesh.invalid".into(),
     };
     let now = s.domain.clock().now();
-    match store.publish(draft, author(&a), committer, req.message, now).await {
+    match store.publish(draft, author(&a), committer, message, now).await {
         Ok(p) => {
             let detail = serde_json::json!({ "parent": p.parent, "routes": routes, "files": p.files });
             s.domain.audit_only(&a, "config.publish", &p.commit, "ok", detail).await;
@@ -269,14 +292,9 @@ async fn patch(
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Response, ApiError> {
     let store = store(&s)?;
-    let routes: Vec<String> = routes_named(&req.changes).into_iter().map(String::from).collect();
-    let base = req.base_commit.clone();
-    let draft = Draft {
-        base_commit: req.base_commit,
-        changes: req.changes,
-    };
+    let (draft, message, base, routes) = req.into_parts();
     let now = s.domain.clock().now();
-    match store.patch(draft, author(&a), req.message, now).await {
+    match store.patch(draft, author(&a), message, now).await {
         Ok(text) => {
             let detail = serde_json::json!({ "routes": routes });
             s.domain.audit_only(&a, "config.draft_patch", &base, "ok", detail).await;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::layout::{render, Layout, UiError, Viewer};
 use super::view::short_commit;
 use crate::api::AppState;
-use crate::configstore::draft::{self, Graph};
+use crate::configstore::draft::Graph;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/routing", get(page))
@@ -179,19 +179,8 @@ fn script_json(v: &serde_json::Value) -> String {
 
 async fn page(State(s): State<Arc<AppState>>, v: Viewer) -> Result<Html<String>, UiError> {
     let canvas = s.domain.get_canvas(&v.actor).await?;
-    let store = s.config_store.as_ref();
-    let snapshot = store.and_then(|c| c.current());
-    let publish = store.map(|c| c.publish_mode());
-    let (graph, revision) = match &snapshot {
-        Some(snap) => {
-            let targets = s.domain.route_targets(&v.actor).await?;
-            (
-                Some(draft::graph(&snap.resources, &targets)),
-                Some(snap.revision.clone()),
-            )
-        }
-        None => (None, None),
-    };
+    let publish = s.config_store.as_ref().map(|c| c.publish_mode());
+    let (revision, graph) = crate::api::routing::served_graph(&s, &v.actor).await?.unzip();
     let nodes = graph
         .as_ref()
         .map(|g| layout_nodes(g, &canvas.document))
