@@ -36,6 +36,25 @@ struct Filters {
     cursor: Option<String>,
 }
 
+impl Filters {
+    /// This page's filters as a URL: from `cursor` on, or the newest events
+    /// when `None` (the pager's two links).
+    fn url(&self, cursor: Option<&str>) -> String {
+        let mut url = format!(
+            "/audit?actor={}&action={}&from={}&to={}",
+            encode_query(&self.actor),
+            encode_query(&self.action),
+            encode_query(&self.from),
+            encode_query(&self.to),
+        );
+        if let Some(c) = cursor {
+            url.push_str("&cursor=");
+            url.push_str(&encode_query(c));
+        }
+        url
+    }
+}
+
 struct Row {
     e: AuditEvent,
     at: TimeView,
@@ -111,16 +130,7 @@ async fn page(State(s): State<Arc<AppState>>, v: Viewer, Query(f): Query<Filters
         return Ok((StatusCode::BAD_REQUEST, render(&page)?).into_response());
     }
     let result = s.domain.list_audit(&v.actor, q).await?;
-    page.next = result.next_cursor.map(|c| {
-        format!(
-            "/audit?actor={}&action={}&from={}&to={}&cursor={}",
-            encode_query(&page.f.actor),
-            encode_query(&page.f.action),
-            encode_query(&page.f.from),
-            encode_query(&page.f.to),
-            encode_query(&c)
-        )
-    });
+    page.next = result.next_cursor.map(|c| page.f.url(Some(&c)));
     page.rows = result
         .items
         .into_iter()
