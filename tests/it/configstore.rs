@@ -16,7 +16,9 @@ use linkmesh::configstore::{ConfigStoreHandle, Snapshot, StoreStatus};
 use serde_json::{json, Value};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::support::{admin, bin, get_as, get_metrics, open_store, poll_json, poll_until, repo_root, test_config, wait_ready};
+use crate::support::{
+    admin, bin, get_as, get_metrics, open_store, poll_json, poll_until, repo_root, test_config, wait_ready,
+};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

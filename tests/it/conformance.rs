@@ -640,13 +640,17 @@ impl LocalMongo {
         let mut options = mongodb::options::ClientOptions::parse(uri).await.unwrap();
         options.server_selection_timeout = Some(Duration::from_secs(2));
         let client = mongodb::Client::with_options(options).unwrap();
-        super::support::poll_until("the replica set to elect a primary", Duration::from_secs(120), async || {
-            let hello = client.database("admin").run_command(doc! { "hello": 1 }).await;
-            match &hello {
-                Ok(h) if h.get_bool("isWritablePrimary").unwrap_or(false) => Ok(()),
-                _ => Err(format!("{hello:?}\n{}", self.logs())),
-            }
-        })
+        super::support::poll_until(
+            "the replica set to elect a primary",
+            Duration::from_secs(120),
+            async || {
+                let hello = client.database("admin").run_command(doc! { "hello": 1 }).await;
+                match &hello {
+                    Ok(h) if h.get_bool("isWritablePrimary").unwrap_or(false) => Ok(()),
+                    _ => Err(format!("{hello:?}\n{}", self.logs())),
+                }
+            },
+        )
         .await;
     }
 

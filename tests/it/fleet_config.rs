@@ -42,7 +42,12 @@ async fn preview(base: &str, token: &str, labels: &BTreeMap<String, String>) -> 
 
 /// Poll `check` until it holds (a condition with no state worth naming).
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    poll_until(what, SETTLE, async || if check().await { Ok(()) } else { Err("not yet") }).await
+    poll_until(
+        what,
+        SETTLE,
+        async || if check().await { Ok(()) } else { Err("not yet") },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -55,7 +60,10 @@ async fn commits_reach_exactly_the_collectors_they_change() {
     let admin = admin(&a.base).await;
     let token = api_token(&a.base, &admin).await;
     let (_, enroll_token) = enrollment_token(&a.base, &admin, json!({"name":"fleet"})).await;
-    assert_eq!(get_json(&a.base, &token, "/api/v1/config/revision").await["commit"], first);
+    assert_eq!(
+        get_json(&a.base, &token, "/api/v1/config/revision").await["commit"],
+        first
+    );
 
     let sets = label_sets();
     let sim = Sim::start(SimConfig {
@@ -178,7 +186,10 @@ async fn commits_reach_exactly_the_collectors_they_change() {
         status["serving"]["commit"], second,
         "the last valid commit keeps serving"
     );
-    assert_eq!(get_json(&b.base, &token, "/api/v1/config/revision").await["commit"], second);
+    assert_eq!(
+        get_json(&b.base, &token, "/api/v1/config/revision").await["commit"],
+        second
+    );
     let received: Vec<u64> = sim.stats().iter().map(|s| s.received).collect();
     assert!(matches(&sim.stats(), &expected2), "an invalid commit moved a collector");
 

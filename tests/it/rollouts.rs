@@ -27,8 +27,8 @@ use serde_json::{json, Value};
 
 use crate::configstore::{store_config, GitRepo};
 use crate::support::{
-    admin, enroll, enrollment_token, get_as, get_metrics, metric_lines, open_store, poll_json, poll_until, start_with_clock,
-    test_config, TestServer, SETTLE,
+    admin, enroll, enrollment_token, get_as, get_metrics, metric_lines, open_store, poll_json, poll_until,
+    start_with_clock, test_config, TestServer, SETTLE,
 };
 
 /// The fleet config: every collector gets a batched pipeline whose batch

@@ -70,10 +70,12 @@ async fn https_serves_and_picks_up_a_renewed_certificate() {
     ));
     let url = format!("https://localhost:{}/readyz", addr.port());
     let old = client_trusting(&ca1, addr);
-    poll_until("HTTPS to answer 200", SETTLE, async || match old.get(&url).send().await {
-        Ok(r) if r.status() == 200 => Ok(()),
-        Ok(r) => Err(r.status().to_string()),
-        Err(e) => Err(e.to_string()),
+    poll_until("HTTPS to answer 200", SETTLE, async || {
+        match old.get(&url).send().await {
+            Ok(r) if r.status() == 200 => Ok(()),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     })
     .await;
 
