@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use linkmesh::sim::{AgentStats, Sim, SimConfig, SimTransport};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::configstore::{example_repo, store_config};
 use super::support::*;
@@ -25,19 +25,6 @@ fn label_sets() -> Vec<BTreeMap<String, String>> {
         labels(&[("gateway", "edge"), ("os", "linux"), ("container", "yes")]), // network logs
         labels(&[("role", "db")]),                                    // nothing routes here
     ]
-}
-
-async fn preview(base: &str, token: &str, labels: &BTreeMap<String, String>) -> Value {
-    reqwest::Client::new()
-        .post(format!("{base}/api/v1/config/render-preview"))
-        .bearer_auth(token)
-        .json(&json!({ "labels": labels }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// Poll `check` until it holds (a condition with no state worth naming).
@@ -85,7 +72,7 @@ async fn commits_reach_exactly_the_collectors_they_change() {
     // the labels nothing routes to).
     let mut expected = Vec::new();
     for set in &sets {
-        let p = preview(&a.base, &token, set).await;
+        let p = render_preview(&a.base, &token, set).await;
         let routed = !p["pipelines"].as_array().unwrap().is_empty();
         expected.push(routed.then(|| p["hash"].as_str().unwrap().to_string()));
     }
@@ -131,7 +118,7 @@ async fn commits_reach_exactly_the_collectors_they_change() {
     })
     .await;
     for set in &sets {
-        let p = preview(&a.base, &token, set).await;
+        let p = render_preview(&a.base, &token, set).await;
         expected2
             .push((!p["pipelines"].as_array().unwrap().is_empty()).then(|| p["hash"].as_str().unwrap().to_string()));
     }

@@ -240,20 +240,10 @@ async fn preview_then_publish_reaches_exactly_the_affected_collectors() {
         }
     })
     .await;
-    let preview_hash = |labels| async move {
-        let r: Value = reqwest::Client::new()
-            .post(format!("{base}/api/v1/config/render-preview"))
-            .bearer_auth(&f.token)
-            .json(&json!({"labels": labels}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        r["hash"].as_str().unwrap().to_string()
-    };
-    let web_dev = preview_hash(label_sets()[1].clone()).await;
+    let web_dev = render_preview(base, &f.token, &label_sets()[1]).await["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for (i, s) in f.sim.stats().iter().enumerate() {
         if affected(i) {
             assert_eq!(s.config_hash.as_deref(), Some(web_dev.as_str()), "collector {i}");

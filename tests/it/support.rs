@@ -333,3 +333,18 @@ pub fn domain_on(store: Store) -> linkmesh::domain::Domain {
         },
     )
 }
+
+/// What the served commit renders for a collector with `labels`
+/// (`POST /api/v1/config/render-preview`, bearer token): hash, YAML,
+/// pipelines, commit.
+pub async fn render_preview(base: &str, token: &str, labels: &std::collections::BTreeMap<String, String>) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/config/render-preview"))
+        .bearer_auth(token)
+        .json(&json!({ "labels": labels }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "render preview for {labels:?}");
+    r.json().await.unwrap()
+}
