@@ -9,6 +9,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Small per-stream buffers: see src/transport/codec.rs.
         .codec_path("crate::transport::codec::SmallCodec")
+        .compile_fds(fds.clone())?;
+    // The gRPC endpoint's server once more, sending `fleet::outbound::Outbound`
+    // (a ServerToAgent whose pushed config is encoded once for the whole
+    // fleet) instead of a ServerToAgent; the messages are those above.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("outbound");
+    std::fs::create_dir_all(&out)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&out)
+        .codec_path("crate::transport::codec::SmallCodec")
+        .extern_path(".opamp.proto.ServerToAgent", "crate::fleet::outbound::Outbound")
+        .extern_path(".opamp.proto", "crate::proto::opamp_msgs")
         .compile_fds(fds)?;
     Ok(())
 }

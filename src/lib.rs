@@ -438,6 +438,12 @@ pub mod proto {
             tonic::include_proto!("linkmesh.v1");
         }
     }
+    /// The collector service's server as the gRPC endpoint runs it: its
+    /// stream sends `crate::fleet::outbound::Outbound` (build.rs).
+    #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used)]
+    pub mod server {
+        include!(concat!(env!("OUT_DIR"), "/outbound/linkmesh.v1.rs"));
+    }
     pub use linkmesh::v1 as service;
     pub use opamp::proto as opamp_msgs;
 }

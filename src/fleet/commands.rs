@@ -151,9 +151,9 @@ mod tests {
         // The collector reads again and reports: the restart follows the reply.
         while rx.try_recv().is_ok() {}
         f.fleet.handle_stream(&conn, report(&uid, 17)).await.unwrap();
-        let reply = rx.recv().await.unwrap();
+        let reply = rx.recv().await.unwrap().into_message();
         assert!(reply.command.is_none());
-        let command = rx.recv().await.unwrap().command.expect("the restart was not sent");
+        let command = rx.recv().await.unwrap().into_message().command.expect("the restart was not sent");
         assert_eq!(command.r#type, pb::CommandType::Restart as i32);
         assert!(f.fleet.domain().pending_commands(&id).await.unwrap().is_empty());
     }

@@ -3,6 +3,9 @@
 //! rendered for its labels (when configured), the fleet default.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use prost::Message;
 
 use sha2::{Digest, Sha256};
 
@@ -22,6 +25,20 @@ pub struct Desired {
     pub hash_hex: String,
     /// Where it came from, for the API (`assignment`, `default`, `config_store@<commit>`).
     pub source: String,
+    /// `to_proto` as ServerToAgent field 3, encoded on first use: a
+    /// desired config is shared by every session it applies to (the
+    /// resolver's caches), so a fleet-wide push encodes it once.
+    encoded: Encoded,
+}
+
+/// Derived from the rest of `Desired`, so never part of its equality.
+#[derive(Debug, Clone, Default)]
+struct Encoded(OnceLock<Vec<u8>>);
+
+impl PartialEq for Encoded {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Desired {
@@ -39,6 +56,7 @@ impl Desired {
             hash,
             files,
             source,
+            encoded: Encoded::default(),
         }
     }
 
@@ -58,7 +76,19 @@ impl Desired {
             hash,
             files,
             source: format!("config_store@{short}"),
+            encoded: Encoded::default(),
         }
+    }
+
+    /// `remote_config` (ServerToAgent field 3) with this config, encoded:
+    /// key, length, AgentRemoteConfig.
+    pub fn remote_config_field(&self) -> &[u8] {
+        self.encoded.0.get_or_init(|| {
+            let rc = self.to_proto();
+            let mut out = Vec::with_capacity(rc.encoded_len() + 8);
+            prost::encoding::message::encode(3, &rc, &mut out);
+            out
+        })
     }
 
     pub fn to_proto(&self) -> pb::AgentRemoteConfig {

@@ -15,6 +15,7 @@
 //! - `compat`: whether a config's component types are among those the
 //!   agent reported (AvailableComponents); incompatible ones are not pushed.
 //! - `push`: re-resolving sessions and pushing configs that changed.
+//! - `outbound`: what a stream sends (a pushed config's bytes shared).
 //! - `feed`: reactions to the storage change feed (any instance's changes).
 //! - `commands`: delivering queued commands (restart).
 //! - `presence`: liveness sweep and this instance's presence row.
@@ -35,6 +36,7 @@ mod feed;
 mod index;
 mod messages;
 mod offers;
+pub mod outbound;
 mod presence;
 mod push;
 mod registry;

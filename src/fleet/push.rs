@@ -17,10 +17,10 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::desired::Desired;
+use super::outbound::Outbound;
 use super::registry::{Ctx, Push, SharedCtx};
 use super::session;
 use super::Fleet;
-use crate::proto::opamp_msgs as pb;
 
 /// What one fleet-wide pass did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -116,12 +116,12 @@ impl Fleet {
         // HTTP sessions get the offer on their next poll.
         let Some(push) = push else { return true };
         let desired = ctx.desired.clone();
-        if let Some(offer) = ctx.agent.offer(desired.as_deref()) {
-            let msg = pb::ServerToAgent {
-                instance_uid: ctx.agent.uid.to_vec(),
+        if let Some(desired) = desired.filter(|d| ctx.agent.should_offer(d)) {
+            // The config's bytes are shared by every session it goes to.
+            let msg = Outbound::Config {
+                instance_uid: ctx.agent.uid,
                 capabilities: session::SERVER_CAPABILITIES,
-                remote_config: Some(offer),
-                ..Default::default()
+                desired,
             };
             if push.try_send(Box::new(msg)).is_err() {
                 tracing::debug!(collector_id = %ctx.collector.id, "Push queue full; the config is offered again on the next report.");

@@ -14,10 +14,10 @@ use tokio::time::Instant;
 
 use super::auth::Authenticated;
 use super::desired::Desired;
+use super::outbound::Outbound;
 use super::session::{AgentState, SessionError};
 use super::{Fleet, FleetError, Transport};
 use crate::domain::{Collector, CollectorStatus, DomainError};
-use crate::proto::opamp_msgs as pb;
 
 /// Handle of one open session, held by its transport.
 #[derive(Debug, Clone)]
@@ -50,11 +50,27 @@ pub(super) struct Ctx {
 /// A session's state, locked per message (async: processing may read the
 /// store while holding it).
 pub(super) type SharedCtx = Arc<tokio::sync::Mutex<Ctx>>;
-/// The push side of a streaming session (`None` for HTTP polling). Boxed:
-/// a tokio channel allocates its slots in blocks of 32 up front, and a
-/// ServerToAgent is large (every connection-settings variant inline), so
-/// unboxed each session's queue cost tens of KiB before anything was sent.
-pub(super) type Push = Option<mpsc::Sender<Box<pb::ServerToAgent>>>;
+/// The push side of a streaming session (`None` for HTTP polling). Boxed
+/// (`Box<Outbound>`): a tokio channel allocates its slots in blocks of 32
+/// up front, and a ServerToAgent is large (every connection-settings
+/// variant inline), so unboxed each session's queue cost tens of KiB
+/// before anything was sent.
+pub(super) type Push = Option<PushTx>;
+
+/// The sending side of a stream's queue; takes a ServerToAgent (boxed or
+/// not) or an `Outbound`.
+#[derive(Clone)]
+pub(super) struct PushTx(mpsc::Sender<Box<Outbound>>);
+
+impl PushTx {
+    pub fn try_send(&self, msg: impl Into<Box<Outbound>>) -> Result<(), mpsc::error::TrySendError<Box<Outbound>>> {
+        self.0.try_send(msg.into())
+    }
+
+    pub async fn send(&self, msg: impl Into<Box<Outbound>>) -> Result<(), mpsc::error::SendError<Box<Outbound>>> {
+        self.0.send(msg.into()).await
+    }
+}
 
 pub(super) struct Entry {
     pub epoch: u64,
@@ -121,9 +137,9 @@ impl Fleet {
         &self,
         auth: Authenticated,
         transport: Transport,
-    ) -> Result<(Conn, mpsc::Receiver<Box<pb::ServerToAgent>>), FleetError> {
+    ) -> Result<(Conn, mpsc::Receiver<Box<Outbound>>), FleetError> {
         let (tx, rx) = mpsc::channel(PUSH_QUEUE);
-        let conn = self.open(auth, transport, Some(tx)).await?;
+        let conn = self.open(auth, transport, Some(PushTx(tx))).await?;
         Ok((conn, rx))
     }
 

@@ -243,11 +243,17 @@ impl AgentState {
     /// names (`compat`; the views show it as incompatible otherwise).
     pub fn offer(&mut self, desired: Option<&Desired>) -> Option<pb::AgentRemoteConfig> {
         let desired = desired?;
+        self.should_offer(desired).then(|| desired.to_proto())
+    }
+
+    /// `offer` without building the message: whether `desired` is to be
+    /// sent now (and, if so, noted as sent).
+    pub fn should_offer(&mut self, desired: &Desired) -> bool {
         if self.status.capabilities & caps::ACCEPTS_REMOTE_CONFIG == 0 {
-            return None;
+            return false;
         }
         if !compat::missing(desired, self.status.available_components.as_ref()).is_empty() {
-            return None;
+            return false;
         }
         let reported = self
             .status
@@ -256,10 +262,10 @@ impl AgentState {
             .map(|r| r.hash.as_str())
             .unwrap_or("");
         if reported == desired.hash_hex || self.sent_hash.as_deref() == Some(desired.hash.as_slice()) {
-            return None;
+            return false;
         }
         self.sent_hash = Some(desired.hash.clone());
-        Some(desired.to_proto())
+        true
     }
 
     pub fn accepts_restart(&self) -> bool {

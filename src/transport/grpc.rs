@@ -18,8 +18,9 @@ use crate::domain::EnrollRequest;
 use crate::fleet::session::uid_string;
 use crate::fleet::{Fleet, FleetError, Transport};
 use crate::proto::opamp_msgs as pb;
-use crate::proto::service::collector_service_server::{CollectorService, CollectorServiceServer};
-use crate::proto::service::{EnrollRequest as GrpcEnroll, EnrollResponse};
+use crate::fleet::outbound::Outbound;
+use crate::proto::server::collector_service_server::{CollectorService, CollectorServiceServer};
+use crate::proto::server::{EnrollRequest as GrpcEnroll, EnrollResponse};
 
 pub struct GrpcService {
     fleet: Fleet,
@@ -55,7 +56,7 @@ fn client_addr<T>(req: &Request<T>, trusted: &[IpNet]) -> ClientAddr {
     ClientAddr::resolve(req.remote_addr().map(|a| a.ip()), &forwarded, trusted)
 }
 
-type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ServerToAgent, Status>> + Send>>;
+type OutStream = Pin<Box<dyn Stream<Item = Result<Outbound, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CollectorService for GrpcService {
