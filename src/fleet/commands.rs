@@ -153,7 +153,13 @@ mod tests {
         f.fleet.handle_stream(&conn, report(&uid, 17)).await.unwrap();
         let reply = rx.recv().await.unwrap().into_message();
         assert!(reply.command.is_none());
-        let command = rx.recv().await.unwrap().into_message().command.expect("the restart was not sent");
+        let command = rx
+            .recv()
+            .await
+            .unwrap()
+            .into_message()
+            .command
+            .expect("the restart was not sent");
         assert_eq!(command.r#type, pb::CommandType::Restart as i32);
         assert!(f.fleet.domain().pending_commands(&id).await.unwrap().is_empty());
     }

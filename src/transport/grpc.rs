@@ -15,10 +15,10 @@ use crate::api::error::ApiError;
 use crate::api::ratelimit::ClientAddr;
 use crate::config::IpNet;
 use crate::domain::EnrollRequest;
+use crate::fleet::outbound::Outbound;
 use crate::fleet::session::uid_string;
 use crate::fleet::{Fleet, FleetError, Transport};
 use crate::proto::opamp_msgs as pb;
-use crate::fleet::outbound::Outbound;
 use crate::proto::server::collector_service_server::{CollectorService, CollectorServiceServer};
 use crate::proto::server::{EnrollRequest as GrpcEnroll, EnrollResponse};
 
