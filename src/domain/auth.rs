@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth_cache::{Kind, Lookup};
 use super::enrollment::paginate;
 use super::secrets::{self, SecretKind};
 use super::users::{hash_password, verify_password};
@@ -144,37 +145,71 @@ impl Domain {
     pub async fn authenticate_session(&self, cookie: &str) -> Result<Actor, DomainError> {
         let unauth = || DomainError::Unauthenticated("session expired or unknown; log in again".into());
         let (id, random) = secrets::parse(SecretKind::Session, cookie).ok_or_else(unauth)?;
+        let now = self.clock.now();
+        let seen = match self.verified.lookup(Kind::Session, id, random, now) {
+            Lookup::Hit(actor) => return Ok(actor),
+            Lookup::Miss(seen) => seen,
+        };
         let s = self.store.get::<Session>(id).await?.ok_or_else(unauth)?;
-        if !secrets::verify(random, &s.value.secret_hash) || self.clock.now() >= s.value.expires_at {
+        if !secrets::verify(random, &s.value.secret_hash) || now >= s.value.expires_at {
             return Err(unauth());
         }
         let user = self.active_user(&s.value.username).await.map_err(|_| unauth())?;
         if user.sessions_valid_after.is_some_and(|t| s.value.created_at <= t) {
             return Err(unauth());
         }
-        Ok(Actor::User {
+        let actor = Actor::User {
             name: user.username,
             role: user.role,
-        })
+        };
+        self.verified.insert(
+            seen,
+            Kind::Session,
+            id,
+            &s.value.secret_hash,
+            s.value.expires_at,
+            &s.value.username,
+            &actor,
+            now,
+        );
+        Ok(actor)
     }
 
-    /// The owner behind an API token.
+    /// The owner behind an API token. A token verified before is answered
+    /// from memory (`auth_cache`: revocations and user changes reach it
+    /// through the change feed), so a request pays no store read for it.
     pub async fn authenticate_api_token(&self, bearer: &str) -> Result<Actor, DomainError> {
         let unauth = || DomainError::Unauthenticated("unknown, expired or revoked API token".into());
         let (id, random) = secrets::parse(SecretKind::Api, bearer).ok_or_else(unauth)?;
+        let now = self.clock.now();
+        let seen = match self.verified.lookup(Kind::ApiToken, id, random, now) {
+            Lookup::Hit(actor) => return Ok(actor),
+            Lookup::Miss(seen) => seen,
+        };
         let t = self.store.get::<ApiToken>(id).await?.ok_or_else(unauth)?;
-        if !secrets::verify(random, &t.value.secret_hash) || self.clock.now() >= t.value.expires_at {
+        if !secrets::verify(random, &t.value.secret_hash) || now >= t.value.expires_at {
             return Err(unauth());
         }
         let user = self.active_user(&t.value.owner).await.map_err(|_| unauth())?;
         // The lower of the two: a token never outgrows its owner, and a
         // narrow token stays narrow when its owner is promoted.
         let role = t.value.role.map_or(user.role, |r| r.min(user.role));
-        Ok(Actor::ApiToken {
+        let actor = Actor::ApiToken {
             id: t.value.id,
             owner: user.username,
             role,
-        })
+        };
+        self.verified.insert(
+            seen,
+            Kind::ApiToken,
+            id,
+            &t.value.secret_hash,
+            t.value.expires_at,
+            &t.value.owner,
+            &actor,
+            now,
+        );
+        Ok(actor)
     }
 
     async fn active_user(&self, username: &str) -> Result<User, DomainError> {
@@ -435,5 +470,60 @@ mod tests {
             d.authenticate_api_token(&default.token).await.unwrap().role(),
             Some(Role::Viewer)
         );
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_refused_once_it_expires_and_a_wrong_secret_never_hits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(&dir.path().join("db.redb")).await.unwrap();
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let settings = AuthSettings {
+            session_ttl: Duration::from_secs(3600),
+            api_token_ttl: Duration::from_secs(3600),
+            enrollment_token_ttl: Duration::from_secs(3600),
+        };
+        let d = Domain::new(store.clone(), clock.clone(), "test".into(), settings);
+        d.create_user(
+            &Actor::System,
+            NewUser {
+                username: "ci".into(),
+                password: PW.into(),
+                role: Role::Editor,
+            },
+        )
+        .await
+        .unwrap();
+        let ci = Actor::User {
+            name: "ci".into(),
+            role: Role::Editor,
+        };
+        let mut req = token("short", None);
+        req.expires_in = Some(Duration::from_secs(600));
+        let t = d.create_api_token(&ci, req).await.unwrap();
+        d.authenticate_api_token(&t.token).await.unwrap();
+        assert_eq!(d.verified.held(), 1);
+
+        // Held in memory: answered while the store cannot read tokens...
+        store.fail_reads_of(Some(crate::storage::Table::ApiTokens));
+        d.authenticate_api_token(&t.token).await.unwrap();
+        // ...but not for another secret with the same id.
+        let (id, _) = secrets::parse(SecretKind::Api, &t.token).unwrap();
+        let forged = format!("lma_{id}_{}", "A".repeat(43));
+        assert!(d.authenticate_api_token(&forged).await.is_err());
+        store.fail_reads_of(None);
+        assert!(matches!(
+            d.authenticate_api_token(&forged).await,
+            Err(DomainError::Unauthenticated(_))
+        ));
+
+        // Expired: refused from memory as from the store.
+        clock.advance(Duration::from_secs(601));
+        store.fail_reads_of(Some(crate::storage::Table::ApiTokens));
+        assert!(d.authenticate_api_token(&t.token).await.is_err());
+        store.fail_reads_of(None);
+        assert!(matches!(
+            d.authenticate_api_token(&t.token).await,
+            Err(DomainError::Unauthenticated(_))
+        ));
     }
 }

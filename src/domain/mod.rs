@@ -8,6 +8,7 @@
 
 mod audit;
 mod auth;
+pub mod auth_cache;
 mod canvas;
 mod collectors;
 mod config_override;
@@ -187,6 +188,8 @@ pub struct Domain {
     /// Enrollments waiting for this instance's next group commit (see
     /// `enrollment::enroll_with`).
     enrolling: Arc<enrollment::EnrollQueue>,
+    /// API tokens and sessions verified before (see `auth_cache`).
+    verified: Arc<auth_cache::VerifiedCache>,
 }
 
 /// How often a commit whose precondition lost a race is retried, for
@@ -195,6 +198,7 @@ const MAX_ATTEMPTS: usize = 256;
 
 impl Domain {
     pub fn new(store: Store, clock: Arc<dyn Clock>, instance: String, settings: AuthSettings) -> Self {
+        let verified = Arc::new(auth_cache::VerifiedCache::new(&store));
         Domain {
             store,
             clock,
@@ -202,6 +206,7 @@ impl Domain {
             settings,
             policy: CredentialPolicy::default(),
             enrolling: Arc::default(),
+            verified,
         }
     }
 

@@ -23,3 +23,4 @@ mod routing;
 mod support;
 mod telemetry;
 mod tls;
+mod token_cache;

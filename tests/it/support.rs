@@ -275,15 +275,21 @@ pub fn metric_lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
 /// Create an API token as `client` (it acts with its owner's role);
 /// returns its secret.
 pub async fn api_token(base: &str, client: &reqwest::Client) -> String {
+    create_api_token(base, client, json!({ "name": "test" })).await.1
+}
+
+/// Create an API token as `client` with `body` (`POST /api/v1/api-tokens`);
+/// returns (id, secret).
+pub async fn create_api_token(base: &str, client: &reqwest::Client, body: Value) -> (String, String) {
     let r = client
         .post(format!("{base}/api/v1/api-tokens"))
-        .json(&json!({ "name": "test" }))
+        .json(&body)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "creating an API token");
     let v: Value = r.json().await.unwrap();
-    v["token"].as_str().unwrap().to_string()
+    (v["id"].as_str().unwrap().into(), v["token"].as_str().unwrap().into())
 }
 
 /// Enroll one collector with a fresh enrollment token created as `admin`;
