@@ -16,7 +16,6 @@ use prost::Message;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite;
 
-use super::protocol::{api_token, enroll_one, grpc_session, set_default, summary, uid_bytes, wait_summary};
 use super::support::*;
 
 /// An agent's first message: its uid, status and remote config.
@@ -564,5 +563,180 @@ async fn bodies_of_unknown_senders_are_refused_before_they_are_inflated_or_decod
         assert_eq!(bodies_decoded(&s.base, endpoint, "refused").await, 2, "{endpoint}");
         assert_eq!(bodies_decoded(&s.base, endpoint, "ok").await, 1, "{endpoint}");
     }
+    s.stop().await;
+}
+
+/// gRPC messages as raw bytes, so a test can put on the stream what no
+/// honest client would (garbage, an oversized message).
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = prost::bytes::Buf::remaining(src);
+        Ok(Some(prost::bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// Open a gRPC session with `bearer` whose first message is `first`, as
+/// raw bytes: the refusal, or the server's first answer (`None`: the
+/// server ended the stream without one).
+async fn raw_grpc_session(grpc: &str, bearer: Option<&str>, first: Vec<u8>) -> Result<Option<Vec<u8>>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(grpc.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    // The request stream stays open (as a collector's does) until the
+    // server answers or ends it.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    tx.send(first).await.unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(b) = bearer {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {b}").parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::from_static("/linkmesh.v1.CollectorService/Session");
+    let mut answers = client.streaming(req, path, RawCodec).await?.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(20), answers.message())
+        .await
+        .expect("no answer and no end on the gRPC stream");
+    drop(tx);
+    first
+}
+
+/// On the streaming transports, gRPC and OpAMP over WebSocket, who is
+/// calling is settled from the request's headers before any message is
+/// read: an unknown sender's first message, oversized, garbage or well
+/// formed, gets the same refusal (gRPC UNAUTHENTICATED; HTTP 401 to the
+/// WebSocket upgrade, so no frame is ever read), never a decode error or a
+/// size limit, which would mean it was read. The collector's own
+/// credential then gets each message judged on its merits: the garbage and
+/// the oversized one end the session without an answer, the hello is
+/// answered. (OpAMP HTTP and /v1/metrics: the test above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_of_unknown_senders_are_refused_before_their_first_message_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.max_request_bytes = 64 * 1024;
+    let s = start(open_store(dir.path()).await, config).await;
+    let admin = admin(&s.base).await;
+    let (id, credential) = enroll_one(&s.base, &admin).await;
+    let uid = uid_bytes(&id);
+    let mut off_by_one = credential.clone();
+    let last = off_by_one.pop().unwrap();
+    off_by_one.push(if last == 'a' { 'b' } else { 'a' });
+    let guessed_enrollment = format!("lme_{}_guessed", "0".repeat(32));
+
+    // Twice the size limit; protobuf of the wrong wire type for field 2
+    // (sequence_num is a varint, this says length-delimited).
+    let oversized = hello(&uid)
+        .encode_to_vec()
+        .into_iter()
+        .chain(std::iter::repeat_n(0u8, 128 * 1024))
+        .collect::<Vec<u8>>();
+    let garbage: Vec<u8> = [0x12, 0xff, 0xff, 0x03]
+        .into_iter()
+        .chain((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8))
+        .collect();
+    let valid = hello(&uid).encode_to_vec();
+    assert!(pb::AgentToServer::decode(garbage.as_slice()).is_err());
+    let bodies = [
+        ("an oversized message", &oversized),
+        ("garbage", &garbage),
+        ("a valid hello", &valid),
+    ];
+    let strangers = [
+        None,
+        Some("nope"),
+        Some("lmc_guessed_guessed"),
+        Some(guessed_enrollment.as_str()),
+        Some(off_by_one.as_str()),
+    ];
+
+    for bearer in strangers {
+        for (what, body) in bodies {
+            let refused = raw_grpc_session(&s.grpc, bearer, body.clone()).await;
+            let code = refused.as_ref().map_err(|st| st.code());
+            assert_eq!(
+                code.err(),
+                Some(tonic::Code::Unauthenticated),
+                "gRPC, {what}, bearer {bearer:?}: {refused:?}"
+            );
+        }
+        if let Some(b) = bearer {
+            let (status, _, text) = ws(&s.base, b).await.map(|_| ()).unwrap_err();
+            assert_eq!(status, 401, "WebSocket upgrade with bearer {b:?}: {text}");
+        }
+    }
+    let ws_url = format!("{}/v1/opamp", s.base.replacen("http", "ws", 1));
+    match tokio_tungstenite::connect_async(ws_url).await {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401, "WebSocket upgrade without a bearer"),
+        other => panic!(
+            "WebSocket upgrade without a bearer: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+
+    // The collector itself: each message is read and judged.
+    for (what, body) in [("an oversized message", &oversized), ("garbage", &garbage)] {
+        let ended = raw_grpc_session(&s.grpc, Some(&credential), body.clone()).await;
+        assert!(
+            matches!(ended, Ok(None))
+                || ended
+                    .as_ref()
+                    .is_err_and(|st| st.code() != tonic::Code::Unauthenticated),
+            "gRPC with the credential, {what}: the session ends without an answer: {ended:?}"
+        );
+        use futures::{SinkExt, StreamExt};
+        let mut socket = ws(&s.base, &credential).await.unwrap();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(body);
+        socket.send(tungstenite::Message::Binary(frame.into())).await.unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("the WebSocket neither answered nor closed");
+        assert!(
+            !matches!(next, Some(Ok(tungstenite::Message::Binary(_)))),
+            "WebSocket with the credential, {what}: closed without an answer: {next:?}"
+        );
+    }
+    let answer = raw_grpc_session(&s.grpc, Some(&credential), valid.clone())
+        .await
+        .unwrap()
+        .expect("the collector's hello is answered");
+    assert_eq!(pb::ServerToAgent::decode(answer.as_slice()).unwrap().instance_uid, uid);
+    let mut socket = ws(&s.base, &credential).await.unwrap();
+    assert_eq!(ws_exchange(&mut socket, &hello(&uid)).await.instance_uid, uid);
     s.stop().await;
 }

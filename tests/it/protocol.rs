@@ -7,26 +7,12 @@ use std::time::Duration;
 
 use linkmesh::domain::CollectorStatus;
 use linkmesh::proto::opamp_msgs as pb;
-use linkmesh::proto::service::collector_service_client::CollectorServiceClient;
 use linkmesh::sim::{Sim, SimConfig, SimTransport};
 use prost::Message;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::support::*;
-// front_door.rs takes these from here; they live in support.rs.
-pub(super) use super::support::{api_token, enroll_one, summary, wait_summary};
-
-pub(super) async fn set_default(base: &str, token: &str, body: &str) {
-    let r = reqwest::Client::new()
-        .put(format!("{base}/api/v1/fleet/default-config"))
-        .bearer_auth(token)
-        .json(&json!({"files": {"collector.yaml": {"body": body}}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
-}
 
 fn sim_config(s: &TestServer, transport: SimTransport, n: usize, token: &str) -> SimConfig {
     SimConfig {
@@ -117,40 +103,6 @@ async fn a_failed_config_shows_the_collectors_error_message() {
     assert_eq!(list["items"].as_array().unwrap().len(), 3);
     sim.stop();
     s.stop().await;
-}
-
-/// A raw gRPC session with `credential`; the first answer (or the refusal).
-pub(super) async fn grpc_session(
-    grpc: &str,
-    credential: &str,
-    uid: &[u8],
-) -> Result<
-    (
-        tokio::sync::mpsc::Sender<pb::AgentToServer>,
-        tonic::Streaming<pb::ServerToAgent>,
-    ),
-    tonic::Status,
-> {
-    let mut client = CollectorServiceClient::connect(grpc.to_string()).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::AgentToServer {
-        instance_uid: uid.to_vec(),
-        sequence_num: 1,
-        capabilities: 0x1 | 0x2,
-        agent_description: Some(Default::default()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {credential}").parse().unwrap());
-    let stream = client.session(req).await?.into_inner();
-    Ok((tx, stream))
-}
-
-pub(super) fn uid_bytes(id: &str) -> Vec<u8> {
-    uuid::Uuid::parse_str(id).unwrap().as_bytes().to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use linkmesh::clock::{Clock, SystemClock};
 use linkmesh::config::{Config, Secret};
+use linkmesh::proto::opamp_msgs as pb;
+use linkmesh::proto::service::collector_service_client::CollectorServiceClient;
 use linkmesh::storage::Store;
 use linkmesh::{Listeners, RunError};
 use serde_json::{json, Value};
@@ -353,4 +355,52 @@ pub async fn render_preview(base: &str, token: &str, labels: &std::collections::
         .unwrap();
     assert_eq!(r.status(), 200, "render preview for {labels:?}");
     r.json().await.unwrap()
+}
+
+/// Set the fleet-wide default config (`PUT /api/v1/fleet/default-config`)
+/// to one `collector.yaml` of `body`.
+pub async fn set_default(base: &str, token: &str, body: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("{base}/api/v1/fleet/default-config"))
+        .bearer_auth(token)
+        .json(&json!({"files": {"collector.yaml": {"body": body}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+}
+
+/// A raw gRPC session with `credential`; the first answer (or the refusal).
+pub async fn grpc_session(
+    grpc: &str,
+    credential: &str,
+    uid: &[u8],
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<pb::AgentToServer>,
+        tonic::Streaming<pb::ServerToAgent>,
+    ),
+    tonic::Status,
+> {
+    let mut client = CollectorServiceClient::connect(grpc.to_string()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AgentToServer {
+        instance_uid: uid.to_vec(),
+        sequence_num: 1,
+        capabilities: 0x1 | 0x2,
+        agent_description: Some(Default::default()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {credential}").parse().unwrap());
+    let stream = client.session(req).await?.into_inner();
+    Ok((tx, stream))
+}
+
+/// A collector id (a UUID) as the 16 bytes of an OpAMP instance_uid.
+pub fn uid_bytes(id: &str) -> Vec<u8> {
+    uuid::Uuid::parse_str(id).unwrap().as_bytes().to_vec()
 }
