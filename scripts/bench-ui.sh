@@ -9,7 +9,8 @@
 # env=dev, the others env=prod), then times REQUESTS (default 50) sequential
 # requests of each console page with a logged-in session: the collectors
 # table (first page, with a label filter, sorted by name and by last seen)
-# and the overview, and reports p50 / p99 / max. Last, the gzip-compressed
+# and the overview, then the API's collectors page and fleet summary with
+# an API token, and reports p50 / p99 / max. Last, the gzip-compressed
 # bytes of the CSS and JS a console page downloads.
 #
 # Binaries: LINKMESH_BIN_DIR if set, else a debug build (`cargo build`);
@@ -83,7 +84,8 @@ while (( started < n )); do
   pids+=($!)
   for _ in $(seq 3000); do
     grep -q "^connected $count collectors" "$log" && break
-    grep -q "^error" "$log" && { cat "$log"; exit 1; }
+    # The sim fails with "error: …"; its "errors: N" summary line is no failure.
+    grep -q "^error: " "$log" && { cat "$log"; exit 1; }
     sleep 0.1
   done
   started=$((started + count))
@@ -97,11 +99,12 @@ done
 echo "collectors: $connected of $n connected after $(( $(date +%s) - t0 )) s"
 [[ "$connected" == "$n" ]] || { tail -n 3 "$work"/sim-*.log; exit 1; }
 
-# p50 / p99 / max in ms of $requests sequential GETs of a page.
+# p50 / p99 / max in ms of $requests sequential GETs of a page, with the
+# session cookie (AUTH unset) or the header AUTH.
 measure() {
   local name=$1 path=$2
   for _ in $(seq "$requests"); do
-    curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -H "cookie: $cookie" "$base$path"
+    curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -H "${AUTH:-cookie: $cookie}" "$base$path"
   done | python3 -c '
 import sys
 rows = [l.split() for l in sys.stdin]
@@ -117,6 +120,11 @@ measure "/collectors?selector=env=dev" "/collectors?selector=env%3Ddev"
 measure "/collectors?sort=name" "/collectors?sort=name"
 measure "/collectors?sort=last_seen" "/collectors?sort=last_seen"
 measure "/ (overview)" "/"
+# The API's collectors page as automation reads it (figure 8 of
+# scripts/bench-fleet.sh): an API token, 100 of the fleet, a label filter.
+bearer=$(api -d '{"name":"bench"}' "$base/api/v1/api-tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+AUTH="authorization: Bearer $bearer" measure "API collectors, 100, env=dev (token)" "/api/v1/collectors?limit=100&selector=env%3Ddev"
+AUTH="authorization: Bearer $bearer" measure "API fleet summary (token)" "/api/v1/fleet/summary"
 
 # What a console page downloads besides its HTML (gzip, as browsers ask).
 page=$(curl -sf -H "cookie: $cookie" "$base/")
