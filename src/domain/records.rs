@@ -163,7 +163,16 @@ impl CollectorStatus {
     /// current one (every heartbeat carries it) adds nothing.
     pub fn report_remote_config(&mut self, r: RemoteConfigView, at: Timestamp) {
         if self.remote_config.as_ref() != Some(&r) {
-            self.config_history.insert(
+            let history = &mut self.config_history;
+            history.truncate(CONFIG_HISTORY_LEN - 1);
+            // Grow as a Vec does, but never past the bound: inserting into
+            // a full history doubled it to 32 and then 40 slots (80 bytes
+            // each, per connected collector), only to truncate it again.
+            if history.len() == history.capacity() {
+                let want = (history.capacity() * 2).clamp(4, CONFIG_HISTORY_LEN);
+                history.reserve_exact(want - history.len());
+            }
+            history.insert(
                 0,
                 ConfigTransition {
                     status: r.status.clone(),
@@ -172,7 +181,6 @@ impl CollectorStatus {
                     at,
                 },
             );
-            self.config_history.truncate(CONFIG_HISTORY_LEN);
         }
         self.remote_config = Some(r);
     }

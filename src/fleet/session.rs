@@ -125,6 +125,9 @@ impl AgentState {
         if let Some(e) = &mut status.effective_config {
             e.files.clear();
         }
+        // Decoded from the store with spare slots; it is held as long as
+        // the collector stays connected.
+        status.config_history.shrink_to_fit();
         // A stored status from an earlier session is a starting point, but
         // the agent is asked for its full state unless it sends it.
         Some(AgentState {
@@ -581,6 +584,24 @@ mod tests {
         let p = s.process(m, None, Timestamp(3)).unwrap();
         assert!(p.status_changed);
         assert_ne!(s.status.effective_config.unwrap().hash, kept.hash);
+    }
+
+    #[test]
+    fn the_config_history_keeps_the_last_transitions_in_bounded_memory() {
+        let mut s = state();
+        for seq in 1..=50u64 {
+            let mut m = msg(seq);
+            m.remote_config_status = Some(pb::RemoteConfigStatus {
+                last_remote_config_hash: seq.to_be_bytes().to_vec(),
+                status: 1,
+                error_message: String::new(),
+            });
+            s.process(m, None, Timestamp(seq)).unwrap();
+        }
+        let h = &s.status.config_history;
+        assert_eq!(h.len(), crate::domain::CONFIG_HISTORY_LEN);
+        assert_eq!((h[0].at, h[19].at), (Timestamp(50), Timestamp(31)), "newest first");
+        assert!(h.capacity() <= crate::domain::CONFIG_HISTORY_LEN, "capacity {}", h.capacity());
     }
 
     #[test]

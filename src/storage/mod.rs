@@ -449,8 +449,16 @@ const SETTLE_RESENDS: usize = 2;
 /// behind gets `Lagged` and must resynchronise from the store.
 const CHANGE_FEED_CAPACITY: usize = 16 * 1024;
 
-/// Page cache of the embedded store unless configured.
-pub const DEFAULT_EMBEDDED_CACHE: usize = 64 * 1024 * 1024;
+/// Page cache of the embedded store unless configured. Small on purpose:
+/// no hot path reads the store (sessions, the fleet index and the views
+/// hold what they need), so the cache mostly held the pages of statuses
+/// just written, in the server's RSS; the kernel's page cache keeps the
+/// file just as well without counting against the process. At 10,000
+/// collectors the file is ~55 MiB: a 64 MiB cache held nearly all of it
+/// (8 MiB measured 1.7 KiB less RSS per collector idle, 4.1 after five
+/// pushes). Half of it bounds a commit's write buffer (redb), and a batch
+/// of 512 statuses with their config bodies fits in 8 MiB.
+pub const DEFAULT_EMBEDDED_CACHE: usize = 16 * 1024 * 1024;
 
 impl Store {
     /// Open (or create) the embedded store at `path`, holding an exclusive
