@@ -13,6 +13,7 @@ pub mod domain;
 pub mod fleet;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
+pub mod malloc;
 pub mod owntelemetry;
 pub mod rollout;
 pub mod sim;

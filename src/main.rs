@@ -181,32 +181,8 @@ fn validate(
     }
 }
 
-/// glibc malloc settings for a long-running server. Must run before any
-/// thread starts. (mimalloc was tried: higher RSS throughout.)
-///
-/// - Two arenas instead of 8 per core: with the default, memory freed after
-///   each fleet-wide push stayed fragmented across per-thread arenas (server
-///   RSS grew ~9 KiB per collector per push with 2,000 simulated
-///   collectors; ~2 KiB with two arenas, levelling off).
-/// - A fixed mmap threshold of 1 MiB: blocks that large (an argon2 password
-///   hash takes 19 MiB per login) get their own mapping and go back to the
-///   kernel when freed. glibc's default threshold adapts upwards after the
-///   first such free, so every later login's 19 MiB came from an arena and
-///   stayed resident: each arena that ever hashed a password held ~19.5 MiB
-///   more (measured: +19.5 MiB RSS after the first and again after the
-///   second login of an idle server; with the fixed threshold RSS returns).
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before
-    // any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-    }
-}
-
 fn serve(path: PathBuf) -> ExitCode {
-    limit_malloc_arenas();
+    linkmesh::malloc::tune();
     let config = match linkmesh::config::load_file(&path) {
         Ok(c) => c,
         Err(e) => {
