@@ -34,6 +34,11 @@ fn batch_size(store: &Store) -> usize {
 /// store outage costs one attempt every few seconds, not a busy loop.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(8);
+/// After this many statuses (an APPLIED storm, a reconnecting fleet) and
+/// this long without another, freed memory is handed back
+/// (`malloc::release_free_memory`).
+const TRIM_AFTER: usize = 1024;
+const TRIM_QUIET: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct StatusWriter {
@@ -127,9 +132,17 @@ impl StatusWriter {
         };
         tasks.spawn_graceful("status writer", |stop| async move {
             let mut delay = RETRY_FIRST;
+            // Statuses written since malloc last gave freed memory back.
+            let mut written = 0;
             loop {
                 tokio::select! {
                     _ = inner.notify.notified() => {}
+                    // Quiet after a storm: the queued statuses are freed.
+                    _ = tokio::time::sleep(TRIM_QUIET), if written >= TRIM_AFTER => {
+                        written = 0;
+                        let _ = tokio::task::spawn_blocking(crate::malloc::release_free_memory).await;
+                        continue;
+                    }
                     _ = stop.cancelled() => return,
                 }
                 loop {
@@ -140,7 +153,9 @@ impl StatusWriter {
                     if batch.is_empty() {
                         break;
                     }
+                    let count = batch.len();
                     let failed = write(&store, batch).await;
+                    written += count - failed.len();
                     if failed.is_empty() {
                         delay = RETRY_FIRST;
                         continue;
