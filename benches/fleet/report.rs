@@ -349,7 +349,10 @@ has no application logic: one TCP connection and one stream per client, the\n\
 same generated service with LinkMesh's 1 KiB codec buffers and server\n\
 settings, and a broadcast of a ~2 KiB message that returns when every stream\n\
 has acked it (the client echoes the body, as a collector reports its\n\
-effective config). Whatever LinkMesh costs above it is LinkMesh's own.\n\n\
+effective config). Whatever LinkMesh costs above it is LinkMesh's own.\n\
+LinkMesh's server sets glibc malloc to two arenas and a fixed 1 MiB mmap\n\
+threshold, and trims free memory after a burst of statuses; the bare\n\
+server keeps glibc's defaults (with two arenas it measured the same).\n\n\
 Run it with one command (release build; it builds what it needs):\n\n\
     scripts/bench-fleet.sh [N…]      # default 1000 10000 19000\n\n\
 Server and simulators share the machine's cores over loopback, without TLS.\n\
