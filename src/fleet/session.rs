@@ -601,7 +601,11 @@ mod tests {
         let h = &s.status.config_history;
         assert_eq!(h.len(), crate::domain::CONFIG_HISTORY_LEN);
         assert_eq!((h[0].at, h[19].at), (Timestamp(50), Timestamp(31)), "newest first");
-        assert!(h.capacity() <= crate::domain::CONFIG_HISTORY_LEN, "capacity {}", h.capacity());
+        assert!(
+            h.capacity() <= crate::domain::CONFIG_HISTORY_LEN,
+            "capacity {}",
+            h.capacity()
+        );
     }
 
     #[test]
