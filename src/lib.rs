@@ -177,7 +177,8 @@ async fn serve(
         Domain::new(store, clock.clone(), instance.clone(), settings).with_credential_policy(CredentialPolicy {
             require_own_credential: config.auth.require_collector_credentials,
             rotation_overlap: config.auth.credential_rotation_overlap,
-        });
+        })
+        .with_tasks(tasks);
 
     if let Some(pw) = &config.auth.bootstrap_admin_password {
         let name = &config.auth.bootstrap_admin_username;

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::storage::{Expect, Op, Scan, StorageError, Table, Versioned};
+use crate::tasks::Tasks;
 
 /// Request to create an enrollment token.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
@@ -453,17 +454,23 @@ impl Domain {
             // The group is committed on a task of its own, holding the
             // leader's lock: an enrollment whose caller went away (a
             // client that hung up) must not take the others' answers, or a
-            // commit half-answered, with it. It ends after one commit.
+            // commit half-answered, with it. It is one of the instance's
+            // tasks, and not cut short when the instance stops: its callers
+            // wait for their answers and `run` waits for it, one commit.
             let domain = self.clone();
-            let committed = tokio::spawn(async move {
-                domain.commit_group(group).await;
-                drop(leading);
-            });
+            let (done, finished) = oneshot::channel::<()>();
+            self.enrolling
+                .tasks
+                .spawn_graceful("enrollment group commit", move |_stop| async move {
+                    domain.commit_group(group).await;
+                    drop(leading);
+                    drop(done);
+                });
             tokio::select! {
                 r = &mut answered => return r.unwrap_or_else(|_| Err(not_committed())),
                 // This one was not in that group (more were waiting than
                 // one commit takes): lead or wait again.
-                _ = committed => continue,
+                _ = finished => continue,
             }
         }
     }
@@ -685,6 +692,21 @@ pub(super) struct EnrollQueue {
     // tokio Mutex: held by the group being committed, across its store
     // reads and its commit; whoever takes it next leads the next group.
     leader: Arc<tokio::sync::Mutex<()>>,
+    /// Where group commits run: the instance's tasks (`Domain::with_tasks`),
+    /// or a set of their own for a domain outside `run` (tools, tests).
+    tasks: Tasks,
+}
+
+impl Domain {
+    /// Run this domain's background work (enrollment group commits) on the
+    /// instance's tasks, so `run` owns it and waits for it.
+    pub fn with_tasks(mut self, tasks: &Tasks) -> Self {
+        self.enrolling = Arc::new(EnrollQueue {
+            tasks: tasks.clone(),
+            ..Default::default()
+        });
+        self
+    }
 }
 
 impl EnrollQueue {
@@ -764,5 +786,82 @@ pub(crate) fn paginate<T, V>(mut rows: Vec<Versioned<T>>, limit: usize, view: im
     Page {
         items: rows.iter().map(|r| view(&r.value)).collect(),
         next_cursor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::domain::AuthSettings;
+    use crate::storage::Store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_that_hang_up_lose_no_other_answer_and_the_instance_stops_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
+        let hour = Duration::from_secs(3600);
+        let settings = AuthSettings {
+            session_ttl: hour,
+            api_token_ttl: hour,
+            enrollment_token_ttl: hour,
+        };
+        let tasks = Tasks::new();
+        let d = Domain::new(store.clone(), Arc::new(SystemClock), "t".into(), settings).with_tasks(&tasks);
+        let admin = Actor::User {
+            name: "admin".into(),
+            role: Role::Admin,
+        };
+        let new = NewEnrollmentToken {
+            name: "fleet".into(),
+            ..Default::default()
+        };
+        let token = d.create_enrollment_token(&admin, new).await.unwrap().token;
+        let calls: Vec<_> = (0..60)
+            .map(|_| {
+                let (d, token) = (d.clone(), token.clone());
+                let uid = uuid::Uuid::now_v7().to_string();
+                let call = tokio::spawn(async move {
+                    d.enroll(EnrollRequest {
+                        token,
+                        instance_uid: Some(uid),
+                        name: None,
+                        labels: Labels::new(),
+                    })
+                    .await
+                });
+                (call.abort_handle(), call)
+            })
+            .collect();
+        // Every third caller hangs up while the others queue, lead or wait
+        // for their group's commit.
+        tokio::task::yield_now().await;
+        for (abort, _) in calls.iter().step_by(3) {
+            abort.abort();
+        }
+        let mut acknowledged = HashSet::new();
+        for (i, (_, call)) in calls.into_iter().enumerate() {
+            match call.await {
+                Ok(r) => {
+                    acknowledged.insert(r.unwrap_or_else(|e| panic!("caller {i}: {e}")).collector_id);
+                }
+                Err(e) => assert!(e.is_cancelled() && i % 3 == 0, "caller {i}: {e}"),
+            }
+        }
+        assert!(acknowledged.len() >= 40, "every caller that waited was answered");
+        // Nothing outlives the instance's tasks; every answer is durable,
+        // and what was stored was counted as a use.
+        tasks.stop().await;
+        assert!(tasks.is_empty());
+        let stored: HashSet<String> = store
+            .scan::<Collector>(Scan::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.key)
+            .collect();
+        assert!(stored.is_superset(&acknowledged));
+        let uses = store.scan::<EnrollmentToken>(Scan::default()).await.unwrap()[0].value.uses;
+        assert_eq!(uses as usize, stored.len());
     }
 }
