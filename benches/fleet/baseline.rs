@@ -180,11 +180,10 @@ pub async fn agents(
 type Link = (mpsc::Sender<pb::AgentToServer>, Streaming<pb::ServerToAgent>);
 
 async fn open(grpc: &str, source: Option<IpAddr>, i: usize) -> anyhow::Result<Link> {
-    let ch = tonic::transport::Endpoint::from_shared(grpc.to_string())?
-        .tcp_nodelay(true)
-        .local_address(source)
-        .connect()
-        .await?;
+    // The simulator's way to connect, so both systems connect alike.
+    let ch = linkmesh::sim::grpc_channel(grpc, source)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let mut client = CollectorServiceClient::new(ch);
     let (tx, rx) = mpsc::channel(8);
     let uid = uuid::Uuid::now_v7().as_bytes().to_vec();
