@@ -76,6 +76,25 @@ struct RunArgs {
     /// latencies at scale; 0 skips it.
     #[arg(long, default_value_t = 100_000)]
     stored: usize,
+    /// Parts of the run to leave out, comma-separated, to measure one
+    /// figure again quickly (e.g. `--skip baseline,commit,raw,pages
+    /// --pushes 0 --stored 0` for enrollment, connect and idle only). The
+    /// table then shows what was left out as 0 or NaN: never write such a
+    /// run to docs/.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    skip: Vec<Part>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// The bare baseline server and its clients.
+    Baseline,
+    /// Figure 5: git commit -> all APPLIED.
+    Commit,
+    /// The raw redb durable-commit loop.
+    Raw,
+    /// The collectors page and fleet summary latencies.
+    Pages,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,27 +118,43 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             bail!("the open-file limit ({nofile}) is too low for {big} collectors on one server");
         }
     }
+    if a.out.is_some() && !a.skip.is_empty() {
+        bail!("--skip leaves figures out: run it without --out");
+    }
+    let skip = |p: Part| a.skip.contains(&p);
     let work = tempfile::tempdir()?;
     let largest = a.sizes.iter().copied().max().unwrap_or(0);
     let mut all = Vec::new();
-    for &n in &a.sizes {
-        eprintln!("== {n} collectors: bare baseline");
-        let base = run_baseline(n, &a, n == largest)
-            .await
-            .with_context(|| format!("baseline, {n}"))?;
+    // A size may be given more than once (to see how a figure varies): each
+    // run has directories of its own.
+    for (k, &n) in a.sizes.iter().enumerate() {
+        let base = if skip(Part::Baseline) {
+            Baseline::default()
+        } else {
+            eprintln!("== {n} collectors: bare baseline");
+            run_baseline(n, &a, n == largest)
+                .await
+                .with_context(|| format!("baseline, {n}"))?
+        };
         eprintln!("== {n} collectors: LinkMesh, fleet-wide pushes");
-        let dir = work.path().join(format!("lm-{n}"));
+        let dir = work.path().join(format!("lm-{k}-{n}"));
         let mut lm = run_linkmesh(n, &a, n == largest, &dir)
             .await
             .with_context(|| format!("LinkMesh, {n}"))?;
-        eprintln!("== {n} collectors: LinkMesh, git commit to all APPLIED");
-        lm.commit_applied_ms = Some(
-            run_commit(n, &work.path().join(format!("cs-{n}")))
-                .await
-                .with_context(|| format!("LinkMesh commit, {n}"))?,
-        );
-        eprintln!("== {n}: raw redb durable-commit loop");
-        let raw_per_s = raw_redb(&work.path().join(format!("raw-{n}.redb")), a.raw_commits)?;
+        if !skip(Part::Commit) {
+            eprintln!("== {n} collectors: LinkMesh, git commit to all APPLIED");
+            lm.commit_applied_ms = Some(
+                run_commit(n, &work.path().join(format!("cs-{k}-{n}")))
+                    .await
+                    .with_context(|| format!("LinkMesh commit, {n}"))?,
+            );
+        }
+        let raw_per_s = if skip(Part::Raw) {
+            f64::NAN
+        } else {
+            eprintln!("== {n}: raw redb durable-commit loop");
+            raw_redb(&work.path().join(format!("raw-{k}-{n}.redb")), a.raw_commits)?
+        };
         let f = Figures { n, base, lm, raw_per_s };
         eprintln!("{}", serde_json::to_string(&f)?);
         all.push(f);
@@ -189,6 +224,7 @@ async fn run_baseline(n: usize, a: &RunArgs, idle: bool) -> anyhow::Result<Basel
     let mut clients = linkmesh::start_clients(n, "baseline", &grpc, "", "", "bench")?;
     linkmesh::ready(&mut clients).await?;
     let connect_s = t0.elapsed().as_secs_f64();
+    eprintln!("  connected in {connect_s:.1} s (load {})", procs::loadavg());
     let mut b = Baseline {
         connect_s,
         rss_empty_kib: empty,
@@ -224,6 +260,13 @@ async fn run_linkmesh(n: usize, a: &RunArgs, idle: bool, dir: &Path) -> anyhow::
     let token = srv.enrollment_token().await?;
     let mut clients = linkmesh::start_clients(n, "linkmesh", &srv.grpc, &srv.http, &token, "bench")?;
     let (enroll_ms, connect_ms) = linkmesh::ready(&mut clients).await?;
+    eprintln!(
+        "  enrolled in {:.1} s ({:.0}/s), then connected in {:.1} s (load {})",
+        enroll_ms / 1000.0,
+        n as f64 / (enroll_ms / 1000.0).max(1e-3),
+        connect_ms / 1000.0,
+        procs::loadavg()
+    );
     srv.summary_until(Duration::from_secs(120), |s| s["connected"].as_u64() == Some(n as u64))
         .await?;
     let mut lm = LinkMesh {
@@ -263,13 +306,22 @@ async fn run_linkmesh(n: usize, a: &RunArgs, idle: bool, dir: &Path) -> anyhow::
             lm.push_p50_ms[round], lm.push_p99_ms[round], lm.applied_ms[round]
         );
     }
-    let page = "/api/v1/collectors?limit=100&selector=role%3Dbench%2Cshard%3D3";
-    lm.page_ms = linkmesh::latencies(&srv, page, a.requests).await?;
-    lm.summary_ms = linkmesh::latencies(&srv, "/api/v1/fleet/summary", a.requests).await?;
+    if !a.skip.contains(&Part::Pages) {
+        let page = "/api/v1/collectors?limit=100&selector=role%3Dbench%2Cshard%3D3";
+        lm.page_ms = linkmesh::latencies(&srv, page, a.requests).await?;
+        lm.summary_ms = linkmesh::latencies(&srv, "/api/v1/fleet/summary", a.requests).await?;
+    }
     if idle {
+        eprintln!("  idle for {:?}: server pid {pid} (load {})", a.idle, procs::loadavg());
         let commits = srv.commits().await?;
         lm.idle_cpu_pct = Some(idle_cpu(pid, a.idle).await);
         lm.idle_writes_per_s = Some((srv.commits().await? - commits) / a.idle.as_secs_f64());
+        eprintln!(
+            "  idle: {:.1}% of a core, {:.2} store writes/s (load {})",
+            lm.idle_cpu_pct.unwrap_or(f64::NAN),
+            lm.idle_writes_per_s.unwrap_or(f64::NAN),
+            procs::loadavg()
+        );
     }
     for c in clients {
         c.stop().await;

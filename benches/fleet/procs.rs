@@ -161,6 +161,14 @@ pub fn cpu_secs(pid: u32) -> f64 {
     ticks / hz
 }
 
+/// The 1-minute load average, to note beside figures from a shared machine.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// A loopback port nobody listens on now.
 pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
