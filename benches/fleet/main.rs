@@ -205,6 +205,25 @@ async fn settled_rss(pid: u32) -> u64 {
     last
 }
 
+/// Wait until the server's store is quiet (at most one commit in 2 s; the
+/// presence row is written every 5 s), at most two minutes: the idle
+/// window must not measure the tail of the pushes before it (the status
+/// writer storing every collector's APPLIED status and effective config).
+/// Returns how long that took.
+async fn quiet_store(srv: &Server) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut last = srv.commits().await?;
+    while start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = srv.commits().await?;
+        if now - last <= 1.0 {
+            break;
+        }
+        last = now;
+    }
+    Ok(start.elapsed())
+}
+
 async fn idle_cpu(pid: u32, window: Duration) -> f64 {
     let before = procs::cpu_secs(pid);
     tokio::time::sleep(window).await;
@@ -312,7 +331,13 @@ async fn run_linkmesh(n: usize, a: &RunArgs, idle: bool, dir: &Path) -> anyhow::
         lm.summary_ms = linkmesh::latencies(&srv, "/api/v1/fleet/summary", a.requests).await?;
     }
     if idle {
-        eprintln!("  idle for {:?}: server pid {pid} (load {})", a.idle, procs::loadavg());
+        let waited = quiet_store(&srv).await?;
+        eprintln!(
+            "  idle for {:?}: server pid {pid}, store quiet after {:.1} s (load {})",
+            a.idle,
+            waited.as_secs_f64(),
+            procs::loadavg()
+        );
         let commits = srv.commits().await?;
         lm.idle_cpu_pct = Some(idle_cpu(pid, a.idle).await);
         lm.idle_writes_per_s = Some((srv.commits().await? - commits) / a.idle.as_secs_f64());
