@@ -3,7 +3,10 @@
 //! codec buffers, the same server settings), and its clients. A broadcast
 //! sends one ~2 KiB message to every stream and returns when every stream
 //! has acked it (the client echoes the body, as a collector reports its
-//! effective config). Whatever LinkMesh costs above these figures is its own.
+//! effective config). A heartbeat is answered with an empty ServerToAgent,
+//! as OpAMP asks of a server and LinkMesh does (acks are not: the
+//! broadcast figure stays what it was). Whatever LinkMesh costs above these
+//! figures is its own.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -53,11 +56,23 @@ impl CollectorService for Bare {
     async fn session(&self, req: Request<Streaming<pb::AgentToServer>>) -> Result<Response<OutStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(PUSH_QUEUE);
-        self.hub.streams.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        self.hub.streams.lock().unwrap_or_else(|p| p.into_inner()).push(tx.clone());
         let hub = self.hub.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
-                let Some(status) = m.remote_config_status else { continue };
+                // A heartbeat is answered, as OpAMP asks of a server (the
+                // server responds to every status report): LinkMesh does,
+                // so the floor does too.
+                let Some(status) = m.remote_config_status else {
+                    let answer = pb::ServerToAgent {
+                        instance_uid: m.instance_uid,
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
                 let round = hub.round.load(Ordering::Acquire);
                 if status.last_remote_config_hash == round.to_be_bytes()
                     && hub.acked.fetch_add(1, Ordering::AcqRel) + 1 == hub.target.load(Ordering::Acquire)
