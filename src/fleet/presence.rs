@@ -21,14 +21,19 @@ pub const PRESENCE_STALE: Duration = Duration::from_secs(20);
 impl Fleet {
     pub(super) async fn sweep(self) {
         let timeout = self.inner.settings.liveness_timeout;
-        let mut tick = tokio::time::interval((timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
+        // Each look walks every session under the registry's lock: with
+        // 19,000 collectors, once a second was a steady share of an idle
+        // instance's CPU. A twentieth of the timeout (4.5 s of the default
+        // 90 s) marks a silent collector at most 5% late.
+        let mut tick = tokio::time::interval((timeout / 20).clamp(Duration::from_millis(100), Duration::from_secs(5)));
         loop {
             tick.tick().await;
+            let now = tokio::time::Instant::now();
             let expired: Vec<Entry> = {
                 let mut sessions = self.inner.sessions.lock();
                 let ids: Vec<String> = sessions
                     .iter()
-                    .filter(|(_, e)| e.last_seen.elapsed() > timeout)
+                    .filter(|(_, e)| now.saturating_duration_since(e.last_seen) > timeout)
                     .map(|(k, _)| k.clone())
                     .collect();
                 ids.iter().filter_map(|id| sessions.remove(id)).collect()
