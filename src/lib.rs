@@ -173,8 +173,8 @@ async fn serve(
         api_token_ttl: config.auth.api_token_ttl,
         enrollment_token_ttl: config.auth.enrollment_token_ttl,
     };
-    let domain =
-        Domain::new(store, clock.clone(), instance.clone(), settings).with_credential_policy(CredentialPolicy {
+    let domain = Domain::new(store, clock.clone(), instance.clone(), settings)
+        .with_credential_policy(CredentialPolicy {
             require_own_credential: config.auth.require_collector_credentials,
             rotation_overlap: config.auth.credential_rotation_overlap,
         })

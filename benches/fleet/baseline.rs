@@ -56,7 +56,11 @@ impl CollectorService for Bare {
     async fn session(&self, req: Request<Streaming<pb::AgentToServer>>) -> Result<Response<OutStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(PUSH_QUEUE);
-        self.hub.streams.lock().unwrap_or_else(|p| p.into_inner()).push(tx.clone());
+        self.hub
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx.clone());
         let hub = self.hub.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {

@@ -861,7 +861,9 @@ mod tests {
             .map(|c| c.key)
             .collect();
         assert!(stored.is_superset(&acknowledged));
-        let uses = store.scan::<EnrollmentToken>(Scan::default()).await.unwrap()[0].value.uses;
+        let uses = store.scan::<EnrollmentToken>(Scan::default()).await.unwrap()[0]
+            .value
+            .uses;
         assert_eq!(uses as usize, stored.len());
     }
 }
