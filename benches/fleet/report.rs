@@ -349,7 +349,9 @@ has no application logic: one TCP connection and one stream per client, the\n\
 same generated service with LinkMesh's 1 KiB codec buffers and server\n\
 settings, and a broadcast of a ~2 KiB message that returns when every stream\n\
 has acked it (the client echoes the body, as a collector reports its\n\
-effective config). Whatever LinkMesh costs above it is LinkMesh's own.\n\
+effective config). It answers each heartbeat with an empty message, as\n\
+OpAMP asks of a server and LinkMesh does. Whatever LinkMesh costs above\n\
+it is LinkMesh's own.\n\
 LinkMesh's server sets glibc malloc to two arenas and a fixed 1 MiB mmap\n\
 threshold, and trims free memory after a burst of statuses; the bare\n\
 server keeps glibc's defaults (with two arenas it measured the same).\n\n\
@@ -363,6 +365,8 @@ heartbeat every 30 s. A push replaces the fleet default config with a ~2 KiB\n\
 body. The push latency runs from the API call until each collector received\n\
 the push (simulator clocks). \"All APPLIED\" is the moment the fleet summary\n\
 first counted every collector applied; the benchmark polls it every 20 ms.\n\
+The idle window (figure 6) starts once the store is quiet after the\n\
+pushes (at most one commit in 2 s); nothing polls the server during it.\n\
 Figure 5 uses a second server reading a local git repository (a copy of\n\
 `config/examples/fleet-config`), picked up by the file watcher.\n\n\
 ## Results\n\n{}\n\
