@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::auth::Presented;
 use super::commands::Outgoing;
+use super::outbound::Outbound;
 use super::registry::{Conn, Push, SharedCtx};
 use super::{session, Fleet, FleetError, Transport};
 use crate::domain::DomainError;
@@ -65,20 +66,19 @@ impl Fleet {
     /// new collector on every poll of an agent that ignores it; an agent
     /// that adopts it is enrolled on its next poll. (Streams enroll on the
     /// first message: the connection is the agent.)
-    pub async fn handle_poll(
-        &self,
-        presented: Presented,
-        msg: pb::AgentToServer,
-    ) -> Result<pb::ServerToAgent, FleetError> {
+    ///
+    /// The answer is an `Outbound`: a config offered in it is the shared,
+    /// once-encoded bytes every session of that config gets.
+    pub async fn handle_poll(&self, presented: Presented, msg: pb::AgentToServer) -> Result<Outbound, FleetError> {
         if presented.is_enrollment_token() && session::valid_uid(&msg).is_none() {
-            return Ok(pb::ServerToAgent {
+            return Ok(Outbound::Message(pb::ServerToAgent {
                 instance_uid: msg.instance_uid,
                 capabilities: session::SERVER_CAPABILITIES,
                 agent_identification: Some(pb::AgentIdentification {
                     new_instance_uid: uuid::Uuid::now_v7().as_bytes().to_vec(),
                 }),
                 ..Default::default()
-            });
+            }));
         }
         let auth = self.admit(presented, &msg).await?;
         let existing = self
@@ -112,7 +112,7 @@ impl Fleet {
         match out.command {
             Some(command) => {
                 self.delivered(&conn.collector_id, &out.ctx, command.ids).await;
-                Ok(command.msg)
+                Ok(Outbound::Message(command.msg))
             }
             None => Ok(out.reply),
         }
@@ -130,8 +130,10 @@ impl Fleet {
         };
         let now = self.inner.domain.clock().now();
         let mut g = ctx.lock().await;
-        let desired = g.desired.clone();
-        let processed = g.agent.process(msg, desired.as_deref(), now)?;
+        // No desired config here: whether to offer it is decided below,
+        // after the message is applied (as `process` would), so that the
+        // offer can carry the shared encoded bytes instead of a copy.
+        let processed = g.agent.process(msg, None, now)?;
         if processed.status_changed {
             let mut status = g.agent.status.clone();
             match (processed.effective_files, status.effective_config.as_mut()) {
@@ -148,9 +150,15 @@ impl Fleet {
         let mut reply = processed.reply;
         reply.connection_settings = self.connection_offer(&mut g).await;
         let command = self.command_for(&conn.collector_id, &mut g).await;
+        // A poll answered with a command gets no reply (a command travels
+        // alone): the config is offered on the next poll, not noted as sent.
+        let offer = match (&command, &push) {
+            (Some(_), None) => None,
+            _ => g.desired.clone().filter(|d| g.agent.should_offer(d)),
+        };
         drop(g);
         Ok(Answer {
-            reply,
+            reply: Outbound::reply(reply, offer),
             command,
             disconnect: processed.disconnect,
             push,
@@ -161,11 +169,80 @@ impl Fleet {
 
 /// What one message leads to.
 struct Answer {
-    reply: pb::ServerToAgent,
+    reply: Outbound,
     /// A command to send after the reply.
     command: Option<Outgoing>,
     /// The agent said goodbye.
     disconnect: bool,
     push: Push,
     ctx: SharedCtx,
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::super::auth::Authenticated;
+    use super::super::session::caps;
+    use super::super::testing;
+    use super::*;
+    use crate::domain::{Actor, ConfigAssignment, Role, DEFAULT_ASSIGNMENT};
+    use crate::storage::{Expect, Op};
+
+    /// An OpAMP HTTP poll answered with a command (which travels alone)
+    /// gets the desired config on its next poll, as the shared encoded
+    /// bytes (before, the config counted as sent with the command's answer
+    /// and never went out).
+    #[tokio::test]
+    async fn a_poll_answered_with_a_command_gets_the_config_on_the_next_poll() {
+        let f = testing::fleet().await;
+        let default: ConfigAssignment = serde_json::from_value(serde_json::json!({
+            "files": { "c.yaml": { "body": "receivers: {}" } },
+            "updated_at": crate::clock::Timestamp(0),
+            "updated_by": "t",
+        }))
+        .unwrap();
+        f.store
+            .commit(vec![Op::put(DEFAULT_ASSIGNMENT, &default, Expect::Absent).unwrap()])
+            .await
+            .unwrap();
+        let auth = testing::collector(&f.store).await;
+        let id = auth.collector.key.clone();
+        let admin = Actor::User {
+            name: "admin".into(),
+            role: Role::Admin,
+        };
+        f.fleet.domain().queue_command(&admin, &id, "restart").await.unwrap();
+        let uid = uuid::Uuid::parse_str(&id).unwrap().as_bytes().to_vec();
+        let poll = |seq| pb::AgentToServer {
+            instance_uid: uid.clone(),
+            sequence_num: seq,
+            capabilities: caps::ACCEPTS_RESTART_COMMAND | caps::ACCEPTS_REMOTE_CONFIG | caps::REPORTS_REMOTE_CONFIG,
+            agent_description: Some(Default::default()),
+            remote_config_status: Some(Default::default()),
+            ..Default::default()
+        };
+        let again = |a: &Authenticated| {
+            Presented::Collector(Authenticated {
+                collector: a.collector.clone(),
+                credential_id: String::new(),
+                uid_assigned: false,
+                enrollment_token: None,
+            })
+        };
+
+        let first = f.fleet.handle_poll(again(&auth), poll(1)).await.unwrap().into_message();
+        assert!(first.command.is_some(), "the restart is answered first");
+        assert!(first.remote_config.is_none(), "a command travels alone");
+
+        let second = f.fleet.handle_poll(again(&auth), poll(2)).await.unwrap();
+        assert!(
+            matches!(second, Outbound::Reply { .. }),
+            "the offer shares the encoded config"
+        );
+        let decoded = pb::ServerToAgent::decode(second.encode_to_vec().as_slice()).unwrap();
+        let offered = decoded.remote_config.expect("the config is offered on the next poll");
+        assert_eq!(offered.config.unwrap().config_map["c.yaml"].body, b"receivers: {}");
+        assert!(decoded.command.is_none());
+    }
 }

@@ -1,12 +1,13 @@
-//! What a streaming session sends: a ServerToAgent, or a config push whose
-//! AgentRemoteConfig was encoded once for every session it goes to.
+//! What a session is sent: a ServerToAgent, or one carrying a remote config
+//! whose AgentRemoteConfig was encoded once for every session it goes to.
 //!
-//! Protobuf fields concatenate, so a push is the session's own fields
-//! (instance_uid, capabilities) encoded per session, followed by the
-//! shared bytes of field 3 (`remote_config`) that `Desired` encodes once
-//! per distinct render. The gRPC endpoint's generated server sends this
-//! type as its stream item (build.rs maps `opamp.proto.ServerToAgent` to
-//! it there), and the WebSocket transport frames it the same way; decoding
+//! Protobuf fields concatenate, so such a message is the session's own
+//! fields (instance_uid, capabilities, flags, ...) encoded per session,
+//! followed by the shared bytes of field 3 (`remote_config`) that `Desired`
+//! encodes once per distinct render. The gRPC endpoint's generated server
+//! sends this type as its stream item (build.rs maps
+//! `opamp.proto.ServerToAgent` to it there), the WebSocket transport frames
+//! it the same way, and OpAMP HTTP answers a poll with its bytes; decoding
 //! reads an ordinary ServerToAgent.
 //!
 //! It must not decide what is pushed (`push`).
@@ -39,6 +40,12 @@ pub enum Outbound {
         capabilities: u64,
         desired: Arc<Desired>,
     },
+    /// A reply (its `remote_config` unset) that also offers `desired`, with
+    /// the remote config's bytes shared.
+    Reply {
+        msg: pb::ServerToAgent,
+        desired: Arc<Desired>,
+    },
 }
 
 impl Default for Outbound {
@@ -60,6 +67,14 @@ impl From<Box<pb::ServerToAgent>> for Box<Outbound> {
 }
 
 impl Outbound {
+    /// `msg`, offering `desired` when there is one.
+    pub fn reply(msg: pb::ServerToAgent, desired: Option<Arc<Desired>>) -> Self {
+        match desired {
+            Some(desired) => Outbound::Reply { msg, desired },
+            None => Outbound::Message(msg),
+        }
+    }
+
     /// The same message as an ordinary ServerToAgent.
     pub fn into_message(self) -> pb::ServerToAgent {
         match self {
@@ -74,6 +89,10 @@ impl Outbound {
                 remote_config: Some(desired.to_proto()),
                 ..Default::default()
             },
+            Outbound::Reply { mut msg, desired } => {
+                msg.remote_config = Some(desired.to_proto());
+                msg
+            }
         }
     }
 }
@@ -97,6 +116,10 @@ impl Message for Outbound {
                 }
                 buf.put_slice(desired.remote_config_field());
             }
+            Outbound::Reply { msg, desired } => {
+                msg.encode_raw(buf);
+                buf.put_slice(desired.remote_config_field());
+            }
         }
     }
 
@@ -107,12 +130,12 @@ impl Message for Outbound {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        if let Outbound::Config { .. } = self {
+        if !matches!(self, Outbound::Message(_)) {
             *self = Outbound::Message(std::mem::take(self).into_message());
         }
         match self {
             Outbound::Message(m) => m.merge_field(tag, wire_type, buf, ctx),
-            Outbound::Config { .. } => Ok(()),
+            Outbound::Config { .. } | Outbound::Reply { .. } => Ok(()),
         }
     }
 
@@ -134,6 +157,7 @@ impl Message for Outbound {
                     }
                     + desired.remote_config_field().len()
             }
+            Outbound::Reply { msg, desired } => msg.encoded_len() + desired.remote_config_field().len(),
         }
     }
 
@@ -172,5 +196,28 @@ mod tests {
         let mut back = Outbound::default();
         back.merge(bytes.as_slice()).unwrap();
         assert_eq!(back.into_message(), push.into_message());
+
+        // A reply with other fields set, offering the same config.
+        let reply = Outbound::reply(
+            pb::ServerToAgent {
+                instance_uid: vec![7; 16],
+                capabilities: 0x27,
+                flags: 1,
+                agent_identification: Some(pb::AgentIdentification {
+                    new_instance_uid: vec![9; 16],
+                }),
+                ..Default::default()
+            },
+            Some(desired.clone()),
+        );
+        let bytes = reply.encode_to_vec();
+        assert_eq!(bytes.len(), reply.encoded_len());
+        let decoded = pb::ServerToAgent::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded, reply.clone().into_message());
+        assert_eq!(decoded.remote_config.unwrap().config_hash, desired.hash);
+        assert_eq!(
+            (decoded.flags, decoded.agent_identification.unwrap().new_instance_uid),
+            (1, vec![9; 16])
+        );
     }
 }
