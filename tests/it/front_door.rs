@@ -464,13 +464,6 @@ async fn bodies_decoded(base: &str, endpoint: &str, outcome: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
-}
-
 /// On both collector endpoints that take a body, OpAMP over HTTP and OTLP
 /// `/v1/metrics`, who is calling is settled before anything the caller sent
 /// is inflated or decoded: without a credential, with a guessed one or one

@@ -153,19 +153,8 @@ async fn wait_detail(
     poll_json(what, async || detail(s, a, id).await.1, pred).await
 }
 
-/// `GET path` as the admin, as JSON.
-async fn get(s: &TestServer, a: &reqwest::Client, path: &str) -> Value {
-    a.get(format!("{}{path}", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn token_record(s: &TestServer, a: &reqwest::Client, id: &str) -> Value {
-    get(s, a, "/api/v1/enrollment-tokens").await["items"]
+    get_as(a, format!("{}/api/v1/enrollment-tokens", s.base)).await["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -175,7 +164,10 @@ async fn token_record(s: &TestServer, a: &reqwest::Client, id: &str) -> Value {
 }
 
 async fn collector_count(s: &TestServer, a: &reqwest::Client) -> usize {
-    get(s, a, "/api/v1/collectors").await["items"].as_array().unwrap().len()
+    get_as(a, format!("{}/api/v1/collectors", s.base)).await["items"]
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 /// The whole front door with one real client and one enrollment token of
@@ -265,7 +257,7 @@ async fn token_only_front_door(client: Client, service_name: &str) {
         "a refused agent is not in the fleet"
     );
     assert_eq!(collector_count(&s, &a).await, 1);
-    let audit = get(&s, &a, "/api/v1/audit?action=collector.enroll").await;
+    let audit = get_as(&a, format!("{}/api/v1/audit?action=collector.enroll", s.base)).await;
     assert!(
         audit["items"]
             .as_array()

@@ -121,14 +121,14 @@ async fn every_operation_answers_every_caller_as_the_table_says() {
     for role in ["viewer", "editor", "admin"] {
         let name = format!("matrix-{role}");
         let client = user_with_role(&b, &admin_session, &name, role).await;
-        tokens.insert(role, api_token(&b, &client, "1y").await);
+        tokens.insert(role, matrix_token(&b, &client, "1y").await);
         sessions.insert(role, (name, client));
     }
     // An admin's token that has expired, and a token of an admin who has
     // since been disabled: both must be worthless.
-    let expired = api_token(&b, &admin_session, "1m").await;
+    let expired = matrix_token(&b, &admin_session, "1m").await;
     let dis_client = user_with_role(&b, &admin_session, "matrix-disabled", "admin").await;
-    let disabled = api_token(&b, &dis_client, "1y").await;
+    let disabled = matrix_token(&b, &dis_client, "1y").await;
     let u: Value = admin_session
         .get(format!("{b}/api/v1/users/matrix-disabled"))
         .send()
@@ -264,13 +264,8 @@ async fn every_operation_answers_every_caller_as_the_table_says() {
     s.stop().await;
 }
 
-async fn api_token(base: &str, client: &reqwest::Client, expires_in: &str) -> String {
-    let r = client
-        .post(format!("{base}/api/v1/api-tokens"))
-        .json(&json!({"name": "matrix", "expires_in": expires_in}))
-        .send()
+async fn matrix_token(base: &str, client: &reqwest::Client, expires_in: &str) -> String {
+    create_api_token(base, client, json!({"name": "matrix", "expires_in": expires_in}))
         .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+        .1
 }

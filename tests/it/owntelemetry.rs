@@ -5,7 +5,6 @@
 //! refusals. Without the SDK (and without `LINKMESH_INTEROP=1`, which the
 //! test script sets) the SDK test prints SKIPPED instead of failing.
 
-use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -33,27 +32,12 @@ fn sdk_installed() -> bool {
 /// Two instances on one store, rollups every second; returns the admin
 /// client of `a`.
 async fn setup(dir: &std::path::Path, max_body: usize) -> (TestServer, TestServer, reqwest::Client) {
-    let store = open_store(dir).await;
-    let mut servers = Vec::new();
-    for name in ["a", "b"] {
-        let mut c = test_config(dir);
-        c.server.instance_name = Some(name.into());
-        c.server.max_request_bytes = max_body;
-        c.fleet.telemetry_rollup_interval = Duration::from_secs(1);
-        servers.push(start(store.clone(), c).await);
-    }
-    let b = servers.pop().unwrap();
-    let a = servers.pop().unwrap();
+    let mut c = test_config(dir);
+    c.server.max_request_bytes = max_body;
+    c.fleet.telemetry_rollup_interval = Duration::from_secs(1);
+    let (a, b) = pair_with(dir, c).await;
     let admin = admin(&a.base).await;
     (a, b, admin)
-}
-
-/// Enroll a collector; returns (id, credential).
-async fn collector(base: &str, admin: &reqwest::Client) -> (String, String) {
-    let (_, token) = enrollment_token(base, admin, json!({"name": "own-telemetry"})).await;
-    let uid = uuid::Uuid::now_v7().to_string();
-    let e: Value = enroll(base, &token, Some(&uid)).await.json().await.unwrap();
-    (uid, e["credential"].as_str().unwrap().to_string())
 }
 
 /// Run the Python SDK sender; returns the exporter's result per round.
@@ -121,8 +105,8 @@ async fn sdk_counters_become_per_component_rates_of_the_sending_collector_only()
     }
     let dir = tempfile::tempdir().unwrap();
     let (a, b, admin) = setup(dir.path(), 4 * 1024 * 1024).await;
-    let (c1, cred1) = collector(&a.base, &admin).await;
-    let (c2, cred2) = collector(&a.base, &admin).await;
+    let (c1, cred1) = enroll_one(&a.base, &admin).await;
+    let (c2, cred2) = enroll_one(&a.base, &admin).await;
 
     // Two reports, gzip-compressed, with c1's own credential.
     assert_eq!(
@@ -295,17 +279,11 @@ async fn post(
     r.send().await.unwrap()
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
-}
-
 #[tokio::test]
 async fn bad_bodies_oversize_and_missing_credentials_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, admin) = setup(dir.path(), 64 * 1024).await;
-    let (c1, cred) = collector(&a.base, &admin).await;
+    let (c1, cred) = enroll_one(&a.base, &admin).await;
     let pb = "application/x-protobuf";
     let good = sent_spans("otlphttp/x", 5, 10).encode_to_vec();
 

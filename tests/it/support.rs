@@ -404,3 +404,11 @@ pub async fn grpc_session(
 pub fn uid_bytes(id: &str) -> Vec<u8> {
     uuid::Uuid::parse_str(id).unwrap().as_bytes().to_vec()
 }
+
+/// `data` gzip-compressed (a collector's `Content-Encoding: gzip` body).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
