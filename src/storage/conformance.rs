@@ -637,7 +637,7 @@ pub async fn concurrent_compare_and_swap_loses_no_update(store: Store) {
 }
 
 pub async fn future_format_is_refused(store: Store) {
-    let data = serde_json::to_value(probe(1)).unwrap();
+    let data = serde_json::value::to_raw_value(&probe(1)).unwrap().into();
     store
         .commit(vec![Op::Put {
             table: Table::Canvas,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio_util::task::TaskTracker;
 
-use super::{check, Op, RawDoc, Scan, StorageError, Table};
+use super::{check, Op, RawDoc, RawDocOut, Scan, StorageError, StoredVersion, Table};
 
 pub(super) struct EmbeddedBackend {
     db: Arc<Database>,
@@ -133,14 +133,18 @@ impl EmbeddedBackend {
                 let current = t
                     .get(key)
                     .map_err(backend_err)?
-                    .map(|v| decode_raw(table, key, v.value()).map(|d| d.version))
+                    .map(|v| decode_version(table, key, v.value()))
                     .transpose()?;
                 check(table, key, expect, current)?;
                 match op {
                     Op::Put { key, format, data, .. } => {
                         let version = current.unwrap_or(0) + 1;
-                        let bytes = serde_json::to_vec(&RawDoc { format, version, data })
-                            .map_err(|e| StorageError::Encode(e.to_string()))?;
+                        let doc = RawDocOut {
+                            format,
+                            version,
+                            data: &data,
+                        };
+                        let bytes = serde_json::to_vec(&doc).map_err(|e| StorageError::Encode(e.to_string()))?;
                         t.insert(key.as_str(), bytes.as_slice()).map_err(backend_err)?;
                         versions.push(version);
                     }
@@ -176,9 +180,20 @@ fn as_str(b: &Bound<String>) -> Bound<&str> {
 }
 
 fn decode_raw(table: Table, key: &str, bytes: &[u8]) -> Result<RawDoc, StorageError> {
-    serde_json::from_slice(bytes).map_err(|e| StorageError::Decode {
+    serde_json::from_slice(bytes).map_err(|e| decode_error(table, key, e))
+}
+
+/// The stored version alone (the record is skipped, not decoded).
+fn decode_version(table: Table, key: &str, bytes: &[u8]) -> Result<u64, StorageError> {
+    serde_json::from_slice::<StoredVersion>(bytes)
+        .map(|d| d.version)
+        .map_err(|e| decode_error(table, key, e))
+}
+
+fn decode_error(table: Table, key: &str, e: serde_json::Error) -> StorageError {
+    StorageError::Decode {
         table,
         key: key.to_string(),
         message: e.to_string(),
-    })
+    }
 }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
@@ -130,7 +131,11 @@ pub enum Op {
         table: Table,
         key: String,
         format: u32,
-        data: serde_json::Value,
+        /// The record as JSON, serialized once from the record itself (no
+        /// `Value` tree in between) and shared: a commit hands the ops to
+        /// the backend's thread and keeps them for the change feed, and a
+        /// batch of statuses with their effective configs is megabytes.
+        data: Arc<RawValue>,
         expect: Expect,
     },
     /// Remove a record (a no-op if absent and `expect` allows it).
@@ -142,7 +147,9 @@ pub enum Op {
 
 impl Op {
     pub fn put<T: Record>(key: impl Into<String>, value: &T, expect: Expect) -> Result<Op, StorageError> {
-        let data = serde_json::to_value(value).map_err(|e| StorageError::Encode(e.to_string()))?;
+        let data = serde_json::value::to_raw_value(value)
+            .map_err(|e| StorageError::Encode(e.to_string()))?
+            .into();
         Ok(Op::Put {
             table: T::TABLE,
             key: key.into(),
@@ -177,15 +184,36 @@ impl Op {
     }
 }
 
-/// A stored document as the backends see it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A stored document as the backends see it. The record stays JSON text
+/// until `decode` reads it into its type: no `Value` tree in between.
+#[derive(Debug, Deserialize)]
 struct RawDoc {
     #[serde(rename = "f")]
     format: u32,
     #[serde(rename = "v")]
     version: u64,
     #[serde(rename = "d")]
-    data: serde_json::Value,
+    data: Box<RawValue>,
+}
+
+/// A document to store, as the embedded backend writes it (the same
+/// fields as `RawDoc`).
+#[derive(Serialize)]
+struct RawDocOut<'a> {
+    #[serde(rename = "f")]
+    format: u32,
+    #[serde(rename = "v")]
+    version: u64,
+    #[serde(rename = "d")]
+    data: &'a RawValue,
+}
+
+/// Only the version of a stored document: a commit checks preconditions
+/// without decoding the records it replaces.
+#[derive(Deserialize)]
+struct StoredVersion {
+    #[serde(rename = "v")]
+    version: u64,
 }
 
 /// A range of keys to list: those starting with `prefix`, after the cursor
@@ -676,7 +704,7 @@ impl Store {
             });
         }
         let holds = |op: &Op, doc: Option<&RawDoc>| match (op, doc) {
-            (Op::Put { format, data, .. }, Some(d)) => d.format == *format && same_json(&d.data, data),
+            (Op::Put { format, data, .. }, Some(d)) => d.format == *format && same_raw_json(&d.data, data),
             (Op::Put { .. }, None) => false,
             (Op::Delete { .. }, d) => d.is_none(),
             (Op::Check { .. }, _) => true,
@@ -893,6 +921,15 @@ fn check(table: Table, key: &str, expect: Expect, current: Option<u64>) -> Resul
     }
 }
 
+/// `same_json` on JSON text (both are read back as `Value`s).
+fn same_raw_json(a: &RawValue, b: &RawValue) -> bool {
+    let value = |r: &RawValue| serde_json::from_str::<serde_json::Value>(r.get()).ok();
+    match (value(a), value(b)) {
+        (Some(a), Some(b)) => same_json(&a, &b),
+        _ => false,
+    }
+}
+
 /// Stored JSON equals what was written, allowing for a float's last bit
 /// (a decimal round trip need not give the same `f64`).
 fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
@@ -924,7 +961,7 @@ fn decode<T: Record>(key: String, raw: RawDoc) -> Result<Versioned<T>, StorageEr
         });
     }
     // Older formats would be migrated here, one step per format version.
-    let value = serde_json::from_value(raw.data).map_err(|e| StorageError::Decode {
+    let value = serde_json::from_str(raw.data.get()).map_err(|e| StorageError::Decode {
         table: T::TABLE,
         key: key.clone(),
         message: e.to_string(),

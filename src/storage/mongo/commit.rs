@@ -689,7 +689,7 @@ mod tests {
             table: Table::Canvas,
             key: key.into(),
             format: 1,
-            data: json!({ "k": key }),
+            data: serde_json::value::to_raw_value(&json!({ "k": key })).unwrap().into(),
             expect,
         }
     }

@@ -32,6 +32,7 @@ use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, ReadConcern, Tls, TlsOptions, WriteConcern};
 use mongodb::results::CollectionType;
 use mongodb::{Client, ClientSession, Collection, Database};
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
 use super::{FeedEvent, FeedHealth, RawDoc, Scan, StorageError, Table};
@@ -515,12 +516,13 @@ fn to_i64(n: u64) -> Result<i64, StorageError> {
 }
 
 /// The stored document of a record.
-fn doc_for(key: &str, format: u32, version: u64, data: &serde_json::Value) -> Result<Document, StorageError> {
+fn doc_for(key: &str, format: u32, version: u64, data: &RawValue) -> Result<Document, StorageError> {
+    let data: serde_json::Value = serde_json::from_str(data.get()).map_err(|e| StorageError::Encode(e.to_string()))?;
     Ok(doc! {
         "_id": key,
         "f": i64::from(format),
         "v": to_i64(version)?,
-        "d": json_to_bson(data),
+        "d": json_to_bson(&data),
     })
 }
 
@@ -574,6 +576,7 @@ fn raw_from_doc(table: Table, key: &str, d: &RawDocument) -> Result<RawDoc, Stor
         Some(v) => bson_to_json(v).map_err(decode_err)?,
         None => serde_json::Value::Null,
     };
+    let data = serde_json::value::to_raw_value(&data).map_err(|e| decode_err(e.to_string()))?;
     Ok(RawDoc { format, version, data })
 }
 
@@ -669,11 +672,11 @@ mod tests {
     fn roundtrip(v: serde_json::Value) -> serde_json::Value {
         // Serialized as the driver sends it, read back as the backend reads
         // what the server returns.
-        let doc = doc_for("k", 3, 7, &v).unwrap();
+        let doc = doc_for("k", 3, 7, &serde_json::value::to_raw_value(&v).unwrap()).unwrap();
         let bytes = mongodb::bson::to_raw_document_buf(&doc).unwrap();
         let raw = raw_from_doc(Table::Users, "k", &bytes).unwrap();
         assert_eq!((raw.format, raw.version), (3, 7));
-        raw.data
+        serde_json::from_str(raw.data.get()).unwrap()
     }
 
     #[test]
@@ -707,12 +710,24 @@ mod tests {
 
     #[test]
     fn stored_document_shape() {
-        let doc = doc_for("users/ana", 1, 5, &json!({"n": 1})).unwrap();
+        let doc = doc_for(
+            "users/ana",
+            1,
+            5,
+            &serde_json::value::to_raw_value(&json!({"n": 1})).unwrap(),
+        )
+        .unwrap();
         let keys: Vec<&str> = doc.keys().map(String::as_str).collect();
         assert_eq!(keys, ["_id", "f", "v", "d"]);
         assert_eq!(doc.get_str("_id").unwrap(), "users/ana");
         assert_eq!(doc.get_i64("v").unwrap(), 5);
-        assert!(doc_for("k", 1, u64::MAX, &json!(null)).is_err());
+        assert!(doc_for(
+            "k",
+            1,
+            u64::MAX,
+            &serde_json::value::to_raw_value(&json!(null)).unwrap()
+        )
+        .is_err());
         let no_version = mongodb::bson::to_raw_document_buf(&doc! { "_id": "k", "f": 1_i64, "d": {} }).unwrap();
         assert!(matches!(
             raw_from_doc(Table::Users, "k", &no_version),
