@@ -2,6 +2,7 @@
 //! bump the record's `FORMAT` (see `storage::Record`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -88,15 +89,25 @@ pub struct CollectorStatus {
     pub last_seen: Option<Timestamp>,
     /// AgentCapabilities bits the collector reported.
     pub capabilities: u64,
-    pub description: AgentDescriptionView,
+    /// Shared, like the history: a session hands its status to the status
+    /// writer on every change, and this part rarely changes.
+    #[schema(value_type = AgentDescriptionView)]
+    pub description: Arc<AgentDescriptionView>,
     pub health: Option<HealthView>,
     pub effective_config: Option<EffectiveConfigView>,
     pub remote_config: Option<RemoteConfigView>,
     /// The last [`CONFIG_HISTORY_LEN`] remote-config status transitions,
     /// newest first. Kept on the status record because it changes exactly
     /// when the status does (no extra write, never one per heartbeat).
+    ///
+    /// Shared (`Arc`): a session hands a copy of its status to the status
+    /// writer on every change, and copying twenty transitions (two strings
+    /// each) was most of that copy's allocations. Changed with
+    /// `Arc::make_mut`, which copies only while the writer still holds the
+    /// previous one.
     #[serde(default)]
-    pub config_history: Vec<ConfigTransition>,
+    #[schema(value_type = Vec<ConfigTransition>)]
+    pub config_history: Arc<Vec<ConfigTransition>>,
     /// The component types the collector can run (AgentCapabilities
     /// ReportsAvailableComponents); absent when it never reported them.
     /// Written only when they change (their hash).
@@ -129,8 +140,11 @@ pub struct HealthView {
 pub struct EffectiveConfigView {
     /// SHA-256 (hex) over the reported files, in name order.
     pub hash: String,
-    /// File name -> body (as text, cut at 256 KiB).
-    pub files: BTreeMap<String, String>,
+    /// File name -> body (as text, cut at 256 KiB). Shared: every
+    /// collector that reports running the config this server pushed it
+    /// holds the same bodies (`fleet::desired::Desired::as_effective`).
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub files: Arc<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -149,10 +163,13 @@ pub const CONFIG_HISTORY_LEN: usize = 20;
 /// One change of a collector's reported remote-config status.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ConfigTransition {
-    /// `APPLIED`, `APPLYING`, `FAILED` or `UNSET`.
-    pub status: String,
+    /// `APPLIED`, `APPLYING`, `FAILED` or `UNSET`. Shared text (like the
+    /// hash): copying a history copies no string.
+    #[schema(value_type = String)]
+    pub status: Arc<str>,
     /// Hash (hex) of the remote config it is about.
-    pub hash: String,
+    #[schema(value_type = String)]
+    pub hash: Arc<str>,
     pub error_message: String,
     /// When this instance received the report.
     pub at: Timestamp,
@@ -163,7 +180,7 @@ impl CollectorStatus {
     /// current one (every heartbeat carries it) adds nothing.
     pub fn report_remote_config(&mut self, r: RemoteConfigView, at: Timestamp) {
         if self.remote_config.as_ref() != Some(&r) {
-            let history = &mut self.config_history;
+            let history = Arc::make_mut(&mut self.config_history);
             history.truncate(CONFIG_HISTORY_LEN - 1);
             // Grow as a Vec does, but never past the bound: inserting into
             // a full history doubled it to 32 and then 40 slots (80 bytes
@@ -175,8 +192,8 @@ impl CollectorStatus {
             history.insert(
                 0,
                 ConfigTransition {
-                    status: r.status.clone(),
-                    hash: r.hash.clone(),
+                    status: r.status.as_str().into(),
+                    hash: r.hash.as_str().into(),
                     error_message: r.error_message.clone(),
                     at,
                 },

@@ -3,7 +3,7 @@
 //! rendered for its labels (when configured), the fleet default.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use prost::Message;
 
@@ -28,14 +28,26 @@ pub struct Desired {
     /// `to_proto` as ServerToAgent field 3, encoded on first use: a
     /// desired config is shared by every session it applies to (the
     /// resolver's caches), so a fleet-wide push encodes it once.
-    encoded: Encoded,
+    encoded: Derived<Vec<u8>>,
+    /// `as_effective`, made on first use.
+    effective: Derived<(String, EffectiveFiles)>,
 }
 
-/// Derived from the rest of `Desired`, so never part of its equality.
-#[derive(Debug, Clone, Default)]
-struct Encoded(OnceLock<Vec<u8>>);
+/// An effective config's files as text, shared (`EffectiveConfigView`).
+pub type EffectiveFiles = Arc<BTreeMap<String, String>>;
 
-impl PartialEq for Encoded {
+/// Derived from the rest of `Desired` on first use, so never part of its
+/// equality.
+#[derive(Debug, Clone)]
+struct Derived<T>(OnceLock<T>);
+
+impl<T> Default for Derived<T> {
+    fn default() -> Self {
+        Derived(OnceLock::new())
+    }
+}
+
+impl<T> PartialEq for Derived<T> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
@@ -56,7 +68,8 @@ impl Desired {
             hash,
             files,
             source,
-            encoded: Encoded::default(),
+            encoded: Derived::default(),
+            effective: Derived::default(),
         }
     }
 
@@ -76,8 +89,37 @@ impl Desired {
             hash,
             files,
             source: format!("config_store@{short}"),
-            encoded: Encoded::default(),
+            encoded: Derived::default(),
+            effective: Derived::default(),
         }
+    }
+
+    /// Whether an agent's reported effective config is this config, file
+    /// for file (names and bodies; content types are not reported back
+    /// reliably). Comparing bytes is far cheaper than hashing them.
+    pub fn is_reported_as(&self, e: &pb::EffectiveConfig) -> bool {
+        let Some(map) = e.config_map.as_ref().map(|m| &m.config_map) else {
+            return false;
+        };
+        map.len() == self.files.len()
+            && self
+                .files
+                .iter()
+                .all(|(name, (body, _))| map.get(name).is_some_and(|f| f.body == *body))
+    }
+
+    /// This config as an agent running it reports it: the effective-config
+    /// hash (`session::effective_hash`) and the files as text, made once
+    /// and shared by every collector reporting it, so an APPLIED storm
+    /// neither hashes nor copies the bodies per collector.
+    pub fn as_effective(&self) -> &(String, EffectiveFiles) {
+        self.effective.0.get_or_init(|| {
+            let files = || self.files.iter().map(|(name, (body, _))| (name, body.as_slice()));
+            (
+                super::session::effective_hash(files()),
+                Arc::new(super::session::effective_text(files())),
+            )
+        })
     }
 
     /// `remote_config` (ServerToAgent field 3) with this config, encoded:

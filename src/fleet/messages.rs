@@ -130,10 +130,11 @@ impl Fleet {
         };
         let now = self.inner.domain.clock().now();
         let mut g = ctx.lock().await;
-        // No desired config here: whether to offer it is decided below,
-        // after the message is applied (as `process` would), so that the
-        // offer can carry the shared encoded bytes instead of a copy.
-        let processed = g.agent.process(msg, None, now)?;
+        // No offer here: whether to offer the desired config is decided
+        // below, after the message is applied (as `process` would), so that
+        // the offer can carry the shared encoded bytes instead of a copy.
+        let c = &mut *g;
+        let processed = c.agent.process_offering(msg, None, c.desired.as_deref(), now)?;
         if processed.status_changed {
             let mut status = g.agent.status.clone();
             match (processed.effective_files, status.effective_config.as_mut()) {

@@ -3,11 +3,12 @@
 //! in-memory state; `fleet` decides what to store and push.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use super::compat;
-use super::desired::Desired;
+use super::desired::{Desired, EffectiveFiles};
 use crate::clock::Timestamp;
 use crate::domain::{AgentDescriptionView, CollectorStatus, EffectiveConfigView, HealthView, RemoteConfigView};
 use crate::proto::opamp_msgs as pb;
@@ -57,7 +58,8 @@ pub struct Processed {
     /// only: the session keeps its hash (`AgentState::status` never holds
     /// bodies), so ten thousand sessions do not each hold a copy of the
     /// config they run. `None` = unchanged, the stored bodies stand.
-    pub effective_files: Option<BTreeMap<String, String>>,
+    /// Shared with the pushed config's when it is that config.
+    pub effective_files: Option<EffectiveFiles>,
     /// The agent said goodbye.
     pub disconnect: bool,
 }
@@ -123,11 +125,11 @@ impl AgentState {
         let uid = *uuid::Uuid::parse_str(collector_id).ok()?.as_bytes();
         // Only the hash stays in memory (see `Processed::effective_files`).
         if let Some(e) = &mut status.effective_config {
-            e.files.clear();
+            e.files = Arc::default();
         }
         // Decoded from the store with spare slots; it is held as long as
         // the collector stays connected.
-        status.config_history.shrink_to_fit();
+        std::sync::Arc::make_mut(&mut status.config_history).shrink_to_fit();
         // A stored status from an earlier session is a starting point, but
         // the agent is asked for its full state unless it sends it.
         Some(AgentState {
@@ -141,11 +143,24 @@ impl AgentState {
         })
     }
 
-    /// Apply one message and build the answer.
+    /// Apply one message and build the answer (offering `desired`).
     pub fn process(
         &mut self,
         msg: pb::AgentToServer,
         desired: Option<&Desired>,
+        now: Timestamp,
+    ) -> Result<Processed, SessionError> {
+        self.process_offering(msg, desired, desired, now)
+    }
+
+    /// `process`, offering `offer` (`None`: the caller offers it), with
+    /// `pushed` the config this server wants the agent to run: an
+    /// effective config that is that config shares its hash and bodies.
+    pub fn process_offering(
+        &mut self,
+        msg: pb::AgentToServer,
+        offer: Option<&Desired>,
+        pushed: Option<&Desired>,
         now: Timestamp,
     ) -> Result<Processed, SessionError> {
         let mut reply = pb::ServerToAgent {
@@ -180,7 +195,11 @@ impl AgentState {
         let mut effective_files = None;
         match &msg.agent_description {
             Some(d) => {
-                changed |= replace(&mut self.status.description, describe(d));
+                let d = describe(d);
+                if *self.status.description != d {
+                    self.status.description = d.into();
+                    changed = true;
+                }
                 self.have_description = true;
             }
             None => omitted |= !self.have_description || gap,
@@ -191,13 +210,22 @@ impl AgentState {
         }
         match &msg.effective_config {
             Some(e) => {
-                let hash = effective_hash(e);
+                let known = pushed.filter(|d| d.is_reported_as(e)).map(|d| d.as_effective());
+                let hash = match known {
+                    Some((hash, _)) => hash.clone(),
+                    None => effective_hash(effective_map(e).into_iter().map(|(n, f)| (n, f.body.as_slice()))),
+                };
                 if self.status.effective_config.as_ref().map(|v| &v.hash) != Some(&hash) {
                     self.status.effective_config = Some(EffectiveConfigView {
                         hash,
-                        files: BTreeMap::new(),
+                        files: Arc::default(),
                     });
-                    effective_files = Some(effective_files_of(e));
+                    effective_files = Some(match known {
+                        Some((_, files)) => files.clone(),
+                        None => Arc::new(effective_text(
+                            effective_map(e).into_iter().map(|(n, f)| (n, f.body.as_slice())),
+                        )),
+                    });
                     changed = true;
                 }
             }
@@ -228,7 +256,7 @@ impl AgentState {
             }
         }
 
-        if let Some(offer) = self.offer(desired) {
+        if let Some(offer) = self.offer(offer) {
             reply.remote_config = Some(offer);
         }
         let disconnect = msg.agent_disconnect.is_some();
@@ -345,25 +373,25 @@ fn effective_map(e: &pb::EffectiveConfig) -> BTreeMap<&String, &pb::AgentConfigF
         .unwrap_or_default()
 }
 
-/// SHA-256 (hex) over the reported files in name order, each name and body
-/// length-prefixed.
-fn effective_hash(e: &pb::EffectiveConfig) -> String {
+/// SHA-256 (hex) over effective-config files (name, body) in name order,
+/// each name and body length-prefixed.
+pub(super) fn effective_hash<'a>(files: impl Iterator<Item = (&'a String, &'a [u8])>) -> String {
     let mut hasher = Sha256::new();
-    for (name, file) in effective_map(e) {
+    for (name, body) in files {
         hasher.update((name.len() as u64).to_be_bytes());
         hasher.update(name.as_bytes());
-        hasher.update((file.body.len() as u64).to_be_bytes());
-        hasher.update(&file.body);
+        hasher.update((body.len() as u64).to_be_bytes());
+        hasher.update(body);
     }
     hex::encode(hasher.finalize())
 }
 
-/// The reported files as text for display, each cut at `MAX_STORED_BODY`.
-fn effective_files_of(e: &pb::EffectiveConfig) -> BTreeMap<String, String> {
-    effective_map(e)
-        .into_iter()
-        .map(|(name, file)| {
-            let body = &file.body[..file.body.len().min(MAX_STORED_BODY)];
+/// Effective-config files as text for display, each cut at
+/// `MAX_STORED_BODY`.
+pub(super) fn effective_text<'a>(files: impl Iterator<Item = (&'a String, &'a [u8])>) -> BTreeMap<String, String> {
+    files
+        .map(|(name, body)| {
+            let body = &body[..body.len().min(MAX_STORED_BODY)];
             (name.clone(), String::from_utf8_lossy(body).into_owned())
         })
         .collect()
@@ -470,12 +498,7 @@ mod tests {
         applied.sequence_num = 4;
         let p = s.process(applied, Some(&d), Timestamp(9)).unwrap();
         assert!(!p.status_changed, "a repeated status is not a transition");
-        let h: Vec<_> = s
-            .status
-            .config_history
-            .iter()
-            .map(|t| (t.status.as_str(), t.at))
-            .collect();
+        let h: Vec<_> = s.status.config_history.iter().map(|t| (&*t.status, t.at)).collect();
         assert_eq!(h, [("APPLIED", Timestamp(7)), ("UNSET", Timestamp(1))]);
         // An agent that does not accept remote config is never sent one.
         let mut s = state();
@@ -584,6 +607,62 @@ mod tests {
         let p = s.process(m, None, Timestamp(3)).unwrap();
         assert!(p.status_changed);
         assert_ne!(s.status.effective_config.unwrap().hash, kept.hash);
+    }
+
+    /// An agent reporting the config it was pushed gets the hash the
+    /// bodies give (as for any report) and the pushed config's shared
+    /// bodies; a report that differs in one byte is hashed and copied.
+    #[test]
+    fn an_effective_config_equal_to_the_pushed_one_shares_its_hash_and_bodies() {
+        let d = desired();
+        let report = |body: &[u8]| {
+            let mut m = full(1);
+            m.capabilities |= caps::REPORTS_EFFECTIVE_CONFIG;
+            m.effective_config = Some(pb::EffectiveConfig {
+                config_map: Some(pb::AgentConfigMap {
+                    config_map: [(
+                        "collector.yaml".to_string(),
+                        pb::AgentConfigFile {
+                            body: body.to_vec(),
+                            content_type: String::new(),
+                        },
+                    )]
+                    .into(),
+                }),
+            });
+            m
+        };
+        let hash_of = |m: pb::AgentToServer| {
+            let mut s = state();
+            let p = s.process(m, None, Timestamp(1)).unwrap();
+            (s.status.effective_config.unwrap().hash, p.effective_files.unwrap())
+        };
+
+        let mut s = state();
+        let p = s
+            .process_offering(report(b"receivers: {}"), None, Some(&d), Timestamp(1))
+            .unwrap();
+        let shared = p.effective_files.expect("a new effective config is handed over");
+        assert!(
+            Arc::ptr_eq(&shared, &d.as_effective().1),
+            "the pushed bodies are shared"
+        );
+        let (hash, files) = hash_of(report(b"receivers: {}"));
+        assert_eq!(
+            s.status.effective_config.as_ref().unwrap().hash,
+            hash,
+            "same hash as hashing the report"
+        );
+        assert_eq!(*shared, *files);
+
+        let mut s = state();
+        let p = s
+            .process_offering(report(b"receivers: {} "), None, Some(&d), Timestamp(1))
+            .unwrap();
+        let own = p.effective_files.unwrap();
+        assert!(!Arc::ptr_eq(&own, &d.as_effective().1));
+        assert_eq!(own["collector.yaml"], "receivers: {} ");
+        assert_ne!(s.status.effective_config.unwrap().hash, hash);
     }
 
     #[test]

@@ -14,12 +14,13 @@
 //! without bodies (`put_keeping_bodies`) keeps the bodies already pending
 //! or stored for that hash.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::desired::EffectiveFiles;
 use super::index::FleetIndex;
 use crate::domain::{Collector, CollectorStatus};
 use crate::storage::{Expect, Op, StorageError, Store, Table};
@@ -211,7 +212,7 @@ impl StatusWriter {
     /// The bodies of a collector's effective config with this hash, from
     /// the status still pending or the stored one (views show them; the
     /// session keeps only the hash).
-    pub async fn effective_files(&self, store: &Store, id: &str, hash: &str) -> Option<BTreeMap<String, String>> {
+    pub async fn effective_files(&self, store: &Store, id: &str, hash: &str) -> Option<EffectiveFiles> {
         let bodies = |s: &CollectorStatus| {
             s.effective_config
                 .as_ref()
@@ -228,10 +229,13 @@ impl StatusWriter {
 }
 
 /// Write statuses in chunks; returns those that failed to commit.
-async fn write(store: &Store, batch: Vec<Pending>) -> Vec<Pending> {
+async fn write(store: &Store, mut batch: Vec<Pending>) -> Vec<Pending> {
     let mut failed = Vec::new();
-    for chunk in batch.chunks(batch_size(store)) {
-        if let Err(mut chunk) = write_chunk(store, chunk.to_vec()).await {
+    while !batch.is_empty() {
+        // Moved, not cloned: a chunk of an APPLIED storm is 512 statuses
+        // with their effective configs.
+        let rest = batch.split_off(batch.len().min(batch_size(store)));
+        if let Err(mut chunk) = write_chunk(store, std::mem::replace(&mut batch, rest)).await {
             failed.append(&mut chunk);
         }
     }
@@ -343,7 +347,7 @@ mod tests {
             connected: healthy,
             effective_config: Some(EffectiveConfigView {
                 hash: "h1".into(),
-                files: files.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                files: Arc::new(files.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             }),
             ..Default::default()
         };

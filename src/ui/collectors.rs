@@ -402,9 +402,9 @@ fn detail_page(s: &AppState, v: &Viewer, d: CollectorDetail, o: Outcome) -> Deta
     let history = d
         .status
         .iter()
-        .flat_map(|s| &s.config_history)
+        .flat_map(|s| s.config_history.iter())
         .map(|t| HistoryRow {
-            status: t.status.clone(),
+            status: t.status.to_string(),
             hash: t.hash.chars().take(12).collect(),
             error: t.error_message.clone(),
             at: TimeView::new(t.at),
