@@ -7,10 +7,14 @@
 //! as OpAMP asks of a server and LinkMesh does (acks are not: the
 //! broadcast figure stays what it was). Whatever LinkMesh costs above these
 //! figures is its own.
+//!
+//! After `answer-acks` it also answers each ack, as OpAMP requires of a
+//! server for every status report (LinkMesh does): broadcasts then measure
+//! the floor of the protocol itself, one more message per stream and push.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +41,8 @@ struct Hub {
     acked: AtomicUsize,
     all_acked: Notify,
     target: AtomicUsize,
+    /// Answer each ack with an empty ServerToAgent (`answer-acks`).
+    answer_acks: AtomicBool,
 }
 
 struct Bare {
@@ -83,6 +89,15 @@ impl CollectorService for Bare {
                 {
                     hub.all_acked.notify_one();
                 }
+                if hub.answer_acks.load(Ordering::Acquire) {
+                    let answer = pb::ServerToAgent {
+                        instance_uid: m.instance_uid,
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -99,7 +114,8 @@ pub fn body(tag: &str) -> String {
 }
 
 /// `baseline-server`: serve until stdin closes. Commands: `broadcast SEQ`
-/// answers `acked MICROS ACKS`; `streams` answers `streams N`.
+/// answers `acked MICROS ACKS`; `streams` answers `streams N`;
+/// `answer-acks` answers `answering` and from then on answers each ack.
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     let hub = Arc::new(Hub::default());
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -124,6 +140,10 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
                     "streams {}",
                     hub.streams.lock().unwrap_or_else(|p| p.into_inner()).len()
                 );
+            }
+            (Some("answer-acks"), _) => {
+                hub.answer_acks.store(true, Ordering::Release);
+                println!("answering");
             }
             (Some("quit"), _) => break,
             _ => println!("error unknown command {line:?}"),

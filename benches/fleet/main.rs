@@ -262,6 +262,19 @@ async fn run_baseline(n: usize, a: &RunArgs, idle: bool) -> anyhow::Result<Basel
         b.broadcast_ms.push(micros / 1000.0);
         b.rss_after_kib.push(procs::rss_kib(pid));
     }
+    // The same broadcasts with each ack answered: the protocol's own floor.
+    server.send("answer-acks").await?;
+    server.expect("answering", Duration::from_secs(10)).await?;
+    for round in 1..=a.pushes {
+        server.send(&format!("broadcast {}", a.pushes + round)).await?;
+        let ans = server.expect("acked", Duration::from_secs(180)).await?;
+        let micros: f64 = ans
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        b.replied_ms.push(micros / 1000.0);
+    }
     if idle {
         b.idle_cpu_pct = Some(idle_cpu(pid, a.idle).await);
     }
