@@ -40,17 +40,6 @@ const RETRY_MAX: Duration = Duration::from_secs(8);
 /// (`malloc::release_free_memory`).
 const TRIM_AFTER: usize = 1024;
 const TRIM_QUIET: Duration = Duration::from_millis(500);
-/// A burst of statuses (the APPLIED storm after a push, a fleet
-/// reconnecting: at least `BURST` waiting) is written once it has passed:
-/// the writer waits until no status arrived for `SETTLE_QUIET`, at most
-/// `SETTLE_MAX`. Its commits then do not compete for the cores with the
-/// burst's own messages (the summary counts a status when it is handed
-/// over, not when it is stored), and they are full batches rather than a
-/// trickle of small ones; a burst's statuses reach the store (and other
-/// instances) up to that much later. Fewer are written at once.
-const BURST: usize = 64;
-const SETTLE_QUIET: Duration = Duration::from_millis(50);
-const SETTLE_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct StatusWriter {
@@ -158,17 +147,6 @@ impl StatusWriter {
                     _ = stop.cancelled() => return,
                 }
                 loop {
-                    if inner.pending().len() >= BURST {
-                        let settled_by = tokio::time::Instant::now() + SETTLE_MAX;
-                        loop {
-                            let quiet = (tokio::time::Instant::now() + SETTLE_QUIET).min(settled_by);
-                            tokio::select! {
-                                _ = inner.notify.notified() => {}
-                                _ = tokio::time::sleep_until(quiet) => break,
-                                _ = stop.cancelled() => return,
-                            }
-                        }
-                    }
                     if stop.is_cancelled() {
                         return;
                     }
