@@ -129,7 +129,7 @@ impl AgentState {
         }
         // Decoded from the store with spare slots; it is held as long as
         // the collector stays connected.
-        std::sync::Arc::make_mut(&mut status.config_history).shrink_to_fit();
+        Arc::make_mut(&mut status.config_history).shrink_to_fit();
         // A stored status from an earlier session is a starting point, but
         // the agent is asked for its full state unless it sends it.
         Some(AgentState {
@@ -213,7 +213,7 @@ impl AgentState {
                 let known = pushed.filter(|d| d.is_reported_as(e)).map(|d| d.as_effective());
                 let hash = match known {
                     Some((hash, _)) => hash.clone(),
-                    None => effective_hash(effective_map(e).into_iter().map(|(n, f)| (n, f.body.as_slice()))),
+                    None => effective_hash(reported_files(e)),
                 };
                 if self.status.effective_config.as_ref().map(|v| &v.hash) != Some(&hash) {
                     self.status.effective_config = Some(EffectiveConfigView {
@@ -222,9 +222,7 @@ impl AgentState {
                     });
                     effective_files = Some(match known {
                         Some((_, files)) => files.clone(),
-                        None => Arc::new(effective_text(
-                            effective_map(e).into_iter().map(|(n, f)| (n, f.body.as_slice())),
-                        )),
+                        None => Arc::new(effective_text(reported_files(e))),
                     });
                     changed = true;
                 }
@@ -371,6 +369,11 @@ fn effective_map(e: &pb::EffectiveConfig) -> BTreeMap<&String, &pb::AgentConfigF
         .as_ref()
         .map(|m| m.config_map.iter().collect())
         .unwrap_or_default()
+}
+
+/// The reported files (name, body) in name order.
+fn reported_files(e: &pb::EffectiveConfig) -> impl Iterator<Item = (&String, &[u8])> {
+    effective_map(e).into_iter().map(|(name, f)| (name, f.body.as_slice()))
 }
 
 /// SHA-256 (hex) over effective-config files (name, body) in name order,
