@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use super::compat;
 use super::desired::{Desired, EffectiveFiles};
 use crate::clock::Timestamp;
-use crate::domain::{AgentDescriptionView, CollectorStatus, EffectiveConfigView, HealthView, RemoteConfigView};
+use crate::domain::{
+    AgentDescriptionView, Attributes, CollectorStatus, EffectiveConfigView, HealthView, RemoteConfigView,
+};
 use crate::proto::opamp_msgs as pb;
 
 /// AgentCapabilities bits the server looks at.
@@ -335,7 +337,7 @@ fn any_value(v: &Option<pb::AnyValue>) -> String {
     }
 }
 
-fn attrs(kvs: &[pb::KeyValue]) -> BTreeMap<String, String> {
+fn attrs(kvs: &[pb::KeyValue]) -> Attributes {
     kvs.iter().map(|kv| (kv.key.clone(), any_value(&kv.value))).collect()
 }
 
