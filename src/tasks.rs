@@ -19,8 +19,10 @@
 //! Must not know about HTTP, gRPC or storage: it only owns futures.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 /// A clonable handle on the instance's task set: a tracker (who is still
@@ -41,14 +43,10 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let stop = self.stop.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                // Biased: once stopping, never start another round of work.
-                biased;
-                _ = stop.cancelled() => tracing::trace!(task = name, "Background task stopped."),
-                _ = fut => tracing::trace!(task = name, "Background task ended."),
-            }
+        self.tracker.spawn(UntilStopped {
+            stop: self.stop.clone().cancelled_owned(),
+            task: fut,
+            name,
         });
     }
 
@@ -73,13 +71,10 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let stop = self.stop.clone();
-        self.tracker.track_future(async move {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => {}
-                _ = fut => {}
-            }
+        self.tracker.track_future(UntilStopped {
+            stop: self.stop.clone().cancelled_owned(),
+            task: fut,
+            name: "tracked",
         })
     }
 
@@ -129,6 +124,40 @@ impl Tasks {
 
     pub fn is_empty(&self) -> bool {
         self.tracker.is_empty()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `task` until it ends or the instance stops. A named future rather
+    /// than an `async` block with `select!`: the block kept the task twice
+    /// (once as captured, once moved into the select), and a collector's
+    /// stream task (gRPC, or a tracked WebSocket handler) lives as long as
+    /// its connection: 1,928 bytes per connected gRPC collector instead of
+    /// ~1,000.
+    struct UntilStopped<F> {
+        #[pin]
+        stop: WaitForCancellationFutureOwned,
+        #[pin]
+        task: F,
+        name: &'static str,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for UntilStopped<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        // Stop first: once stopping, never start another round of work.
+        if this.stop.poll(cx).is_ready() {
+            tracing::trace!(task = *this.name, "Background task stopped.");
+            return Poll::Ready(());
+        }
+        let ended = this.task.poll(cx);
+        if ended.is_ready() {
+            tracing::trace!(task = *this.name, "Background task ended.");
+        }
+        ended
     }
 }
 

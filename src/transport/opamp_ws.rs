@@ -1,16 +1,20 @@
 //! OpAMP over WebSocket (`GET /v1/opamp` with an upgrade): binary frames,
 //! each a varint header (0) followed by a protobuf message, both ways.
 
+use std::future::Future;
+
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prost::Message;
+use tokio::sync::mpsc;
 
 use super::{bearer_token, Attempt, OpampState};
 use crate::api::error::ApiError;
 use crate::api::ratelimit::PeerAddr;
-use crate::fleet::{Fleet, Presented, Transport};
+use crate::fleet::outbound::Outbound;
+use crate::fleet::{Conn, Fleet, Presented, Transport};
 use crate::proto::opamp_msgs as pb;
 
 /// OpAMP WebSocket transport (authenticated before the upgrade).
@@ -70,16 +74,20 @@ async fn next_message(socket: &mut WebSocket) -> Option<pb::AgentToServer> {
     }
 }
 
-async fn serve(mut socket: WebSocket, fleet: Fleet, presented: Presented, attempt: Attempt) {
-    // An agent on the enrollment-token path is enrolled (or resumed) by the
-    // uid of its first message, so the session opens after reading it.
+/// Admit the agent (on the enrollment-token path by the uid of its first
+/// message, which it must send first) and open its session; `None` when it
+/// was refused (the refusal is sent) or went away.
+async fn open(
+    socket: &mut WebSocket,
+    fleet: &Fleet,
+    presented: Presented,
+    attempt: Attempt,
+) -> Option<(Conn, mpsc::Receiver<Box<Outbound>>)> {
     let mut first = None;
     let auth = match presented {
         Presented::Collector(auth) => auth,
         pending => {
-            let Some(msg) = next_message(&mut socket).await else {
-                return;
-            };
+            let msg = next_message(socket).await?;
             match attempt.outcome(fleet.admit(pending, &msg).await) {
                 Ok(auth) => {
                     first = Some(msg);
@@ -97,65 +105,98 @@ async fn serve(mut socket: WebSocket, fleet: Fleet, presented: Presented, attemp
                     let refusal = crate::fleet::session::refusal(msg.instance_uid, kind, message);
                     let _ = socket.send(WsMessage::Binary(frame(&refusal).into())).await;
                     let _ = socket.send(WsMessage::Close(None)).await;
-                    return;
+                    return None;
                 }
             }
         }
     };
-    let (conn, mut rx) = match fleet.open_stream(auth, Transport::WebSocket).await {
+    let (conn, rx) = match fleet.open_stream(auth, Transport::WebSocket).await {
         Ok(x) => x,
         Err(e) => {
             tracing::debug!(error = %e, "Could not open a WebSocket session.");
-            return;
+            return None;
         }
     };
     if let Some(msg) = first {
         if fleet.handle_stream(&conn, msg).await.is_err() {
             fleet.close(&conn);
-            return;
+            return None;
         }
     }
-    loop {
-        tokio::select! {
-            incoming = socket.recv() => {
-                let data = match incoming {
-                    Some(Ok(WsMessage::Binary(data))) => data,
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                    Some(Ok(WsMessage::Text(_))) => {
-                        tracing::debug!(collector_id = %conn.collector_id, "Text frame on an OpAMP WebSocket; closing.");
-                        break;
-                    }
-                    _ => break,
-                };
-                let Some(msg) = unframe(&data).and_then(|b| pb::AgentToServer::decode(b).ok()) else {
-                    tracing::debug!(collector_id = %conn.collector_id, "Malformed OpAMP WebSocket frame; closing.");
-                    break;
-                };
-                // Boxed, as on gRPC: the idle task stays small.
-                if Box::pin(fleet.handle_stream(&conn, msg)).await.is_err() {
-                    break;
-                }
-            }
-            outgoing = rx.recv() => {
-                match outgoing {
-                    Some(msg) => {
-                        if socket.send(WsMessage::Binary(frame(&msg).into())).await.is_err() {
+    Some((conn, rx))
+}
+
+#[allow(clippy::manual_async_fn)] // the size, see above
+fn serve(
+    mut socket: WebSocket,
+    fleet: Fleet,
+    presented: Presented,
+    attempt: Attempt,
+) -> impl Future<Output = ()> + Send + 'static {
+    // An `async` block, not an `async fn`: the fn would keep a second copy
+    // of its arguments (the socket is the largest) for the whole session.
+    async move {
+        // Boxed: admission, the store reads of opening the session and the
+        // first message run once, and unboxed their deepest await would size
+        // this task, which lives as long as the collector is connected.
+        let Some((conn, mut rx)) = Box::pin(open(&mut socket, &fleet, presented, attempt)).await else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                incoming = socket.recv() => {
+                    let data = match incoming {
+                        Some(Ok(WsMessage::Binary(data))) => data,
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                        Some(Ok(WsMessage::Text(_))) => {
+                            tracing::debug!(collector_id = %conn.collector_id, "Text frame on an OpAMP WebSocket; closing.");
                             break;
                         }
+                        _ => break,
+                    };
+                    let Some(msg) = unframe(&data).and_then(|b| pb::AgentToServer::decode(b).ok()) else {
+                        tracing::debug!(collector_id = %conn.collector_id, "Malformed OpAMP WebSocket frame; closing.");
+                        break;
+                    };
+                    // Boxed, as on gRPC: the idle task stays small.
+                    if Box::pin(fleet.handle_stream(&conn, msg)).await.is_err() {
+                        break;
                     }
-                    // The fleet closed the session (replaced, timed out, revoked).
-                    None => break,
+                }
+                outgoing = rx.recv() => {
+                    match outgoing {
+                        Some(msg) => {
+                            if socket.send(WsMessage::Binary(frame(&msg).into())).await.is_err() {
+                                break;
+                            }
+                        }
+                        // The fleet closed the session (replaced, timed out, revoked).
+                        None => break,
+                    }
                 }
             }
         }
+        let _ = socket.send(WsMessage::Close(None)).await;
+        fleet.close(&conn);
     }
-    let _ = socket.send(WsMessage::Close(None)).await;
-    fleet.close(&conn);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every collector connected over WebSocket holds one of these tasks:
+    /// it stays small whatever opening the session awaits (928 bytes;
+    /// 16,936 when the opening was not boxed and the `async fn` kept a
+    /// second copy of the socket).
+    #[test]
+    fn an_idle_websocket_session_task_is_small() {
+        fn size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = size(serve);
+        assert!(size <= 1536, "{size} bytes per collector connected over WebSocket");
+    }
 
     #[test]
     fn frames_round_trip_and_foreign_headers_are_refused() {
