@@ -17,6 +17,13 @@ use crate::fleet::outbound::Outbound;
 use crate::fleet::{Conn, Fleet, Presented, Transport};
 use crate::proto::opamp_msgs as pb;
 
+/// Each connection's read buffer. tungstenite's default, 128 KiB, is zeroed
+/// before every read and so stays resident: measured with 3,000 collectors
+/// over WebSocket, the server took 438 MiB against 139 MiB over gRPC. OpAMP
+/// messages are small, and a larger one (an effective config) is read in
+/// several reads into a buffer grown to fit its frame.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// OpAMP WebSocket transport (authenticated before the upgrade).
 #[utoipa::path(get, path = "/v1/opamp", tag = "opamp",
     params(("Authorization" = String, Header, description = "Bearer <collector credential>")),
@@ -46,6 +53,7 @@ pub async fn upgrade(
     // axum spawns the session; tracking it lets `run` end it and wait.
     let tasks = s.fleet.tasks().clone();
     ws.max_message_size(s.max_request_bytes)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| tasks.track(serve(socket, fleet, auth, attempt)))
 }
 

@@ -48,8 +48,11 @@ async fn fleet_applies(transport: SimTransport, n: usize) {
     let sum = wait_summary(&s.base, &token, |v| v["connected"] == n && v["config"]["applied"] == n).await;
     assert_eq!(sum["total"], n);
 
-    // A new default reaches everyone and is applied.
-    set_default(&s.base, &token, "receivers:\n  otlp: {}\n# v2\n").await;
+    // A new default reaches everyone and is applied; it and the effective
+    // config each collector echoes are far larger than one read of the
+    // server's WebSocket buffer (4 KiB).
+    let padding = "# a comment line of about sixty characters, many times over\n".repeat(800);
+    set_default(&s.base, &token, &format!("receivers:\n  otlp: {{}}\n# v2\n{padding}")).await;
     assert!(
         sim.wait_all(Duration::from_secs(60), |a| a
             .config_body
