@@ -121,6 +121,15 @@ impl Figures {
                 r(self.base_after(), self.lm_after()),
             ),
             (
+                "2. the same less each server's RSS before any collector connected (binary, runtime), idle, KiB".into(),
+                f1(self.per(self.base.rss_idle_kib.saturating_sub(self.base.rss_empty_kib))),
+                f1(self.per(self.lm.rss_idle_kib.saturating_sub(self.lm.rss_empty_kib))),
+                r(
+                    self.per(self.base.rss_idle_kib.saturating_sub(self.base.rss_empty_kib)),
+                    self.per(self.lm.rss_idle_kib.saturating_sub(self.lm.rss_empty_kib)),
+                ),
+            ),
+            (
                 "3. push to all: p50 / p99 / max, ms (baseline: broadcast → all acks)".into(),
                 f0(self.bcast()),
                 format!(
@@ -319,13 +328,15 @@ fn targets(all: &[Figures], stored: Option<&Stored>) -> String {
             w <= 50.0,
         );
     }
-    let worst = all.iter().map(|f| f.lm.enroll_per_s).fold(f64::INFINITY, f64::min);
-    let raw = all.iter().map(|f| f.raw_per_s).fold(0.0, f64::max);
-    row(
-        "enrollment ≥ 1,000/s and ≥ 0.7× the raw redb loop",
-        format!("{worst:.0}/s (raw loop {raw:.0}/s)"),
-        worst >= 1000.0 && worst >= 0.7 * raw,
-    );
+    // Each size against the raw loop run right after it, in the same run.
+    for f in all {
+        let (lm, raw) = (f.lm.enroll_per_s, f.raw_per_s);
+        row(
+            &format!("enrollment ≥ 1,000/s and ≥ 0.7× the raw redb loop at {}", f.n),
+            format!("{lm:.0}/s, {:.2}× (raw loop {raw:.0}/s)", lm / raw),
+            lm >= 1000.0 && lm >= 0.7 * raw,
+        );
+    }
     let p99 = percentile(&at10k.lm.page_ms, 99.0);
     row(
         &format!("collectors page p99 ≤ 10 ms at {}", at10k.n),
