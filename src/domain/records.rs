@@ -203,8 +203,26 @@ pub struct EffectiveConfigView {
     /// File name -> body (as text, cut at 256 KiB). Shared: every
     /// collector that reports running the config this server pushed it
     /// holds the same bodies (`fleet::desired::Desired::as_effective`).
+    /// Empty in a stored status: the bodies are stored once per hash
+    /// ([`EffectiveConfigBodies`]); statuses stored before that carry them.
+    #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     pub files: Arc<BTreeMap<String, String>>,
+}
+
+/// The bodies of one effective config, keyed by its hash (the
+/// `EffectiveConfigView::hash` statuses name): stored once however many
+/// collectors report running it (`fleet::bodies`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EffectiveConfigBodies {
+    pub files: Arc<BTreeMap<String, String>>,
+    /// When an instance last stored them: the sweep of bodies no status
+    /// names spares recent ones, which a status writer may name without
+    /// storing them again.
+    pub stored_at: Timestamp,
+}
+impl Record for EffectiveConfigBodies {
+    const TABLE: Table = Table::EffectiveConfigs;
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -28,6 +28,7 @@
 //! leave as `FleetError`, mapped once at the boundary (`crate::api::error`).
 
 mod auth;
+mod bodies;
 mod commands;
 pub mod compat;
 pub mod desired;
@@ -117,7 +118,8 @@ pub struct Fleet {
 
 impl Fleet {
     /// Start the fleet of this instance: change-feed listener, liveness
-    /// sweeper, presence heartbeat, status writer. Call it before serving
+    /// sweeper, presence heartbeat, status writer, sweep of effective-config
+    /// bodies no status names. Call it before serving
     /// collectors: it first corrects statuses an earlier run of this
     /// instance left claiming connected.
     pub async fn start(
@@ -135,7 +137,7 @@ impl Fleet {
         let index = Arc::new(FleetIndex::default());
         let inner = Arc::new(Inner {
             resolver: Resolver::new(domain.store().clone(), config_store),
-            writer: StatusWriter::start(domain.store().clone(), index.clone(), &tasks),
+            writer: StatusWriter::start(domain.store().clone(), index.clone(), domain.clock().clone(), &tasks),
             index,
             index_feed,
             tasks,
@@ -156,6 +158,7 @@ impl Fleet {
         tasks.spawn("fleet index", fleet.clone().follow_index());
         tasks.spawn("liveness sweep", fleet.clone().sweep());
         tasks.spawn("presence heartbeat", fleet.clone().heartbeat_presence());
+        tasks.spawn("effective-config sweep", fleet.clone().sweep_bodies());
         if let Some(rx) = snapshots {
             tasks.spawn("config push", fleet.clone().follow_snapshots(rx));
         }

@@ -99,6 +99,25 @@ impl Fleet {
         }
     }
 
+    /// Sweep effective-config bodies no status names (`bodies`), every
+    /// `bodies::SWEEP_EVERY`; each instance does, and the sweeps are safe
+    /// to overlap.
+    pub(super) async fn sweep_bodies(self) {
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + super::bodies::SWEEP_EVERY,
+            super::bodies::SWEEP_EVERY,
+        );
+        loop {
+            tick.tick().await;
+            let store = self.inner.domain.store();
+            match super::bodies::sweep(store, self.inner.domain.clock().now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "Removed the bodies of effective configs no collector reports any more."),
+                Err(e) => tracing::warn!(error = %e, "Could not sweep effective-config bodies; the next sweep retries."),
+            }
+        }
+    }
+
     /// Remove this instance's presence row (graceful stop).
     pub(super) async fn remove_presence(&self) {
         let gone = Op::delete::<ServerInstance>(&self.inner.settings.instance, Expect::Any);

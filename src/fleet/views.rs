@@ -566,10 +566,13 @@ impl Fleet {
         })?;
         let (status, desired) = match self.live_status(id).await {
             Some((s, d)) => (Some(s), d),
-            None => (
-                store.get::<CollectorStatus>(id).await?.map(|s| s.value),
-                self.desired_for(&c.value).await?,
-            ),
+            None => {
+                let mut status = store.get::<CollectorStatus>(id).await?.map(|s| s.value);
+                if let Some(s) = status.as_mut() {
+                    super::bodies::fill(store, s).await?;
+                }
+                (status, self.desired_for(&c.value).await?)
+            }
         };
         let now = self.domain().clock().now();
         let mut alive = HashMap::new();

@@ -12,7 +12,9 @@
 //! Sessions keep only the hash of a collector's effective config, not its
 //! bodies (`session::Processed::effective_files`): a status handed over
 //! without bodies (`put_keeping_bodies`) keeps the bodies already pending
-//! or stored for that hash.
+//! or stored for that hash. Statuses are stored without bodies: the bodies
+//! of a hash are stored once, with the first status that names it
+//! (`super::bodies`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,13 +22,16 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::bodies::{self, Recent};
 use super::desired::EffectiveFiles;
 use super::index::FleetIndex;
+use crate::clock::Clock;
 use crate::domain::{Collector, CollectorStatus};
 use crate::storage::{Expect, Op, StorageError, Store, Table};
 use crate::tasks::Tasks;
 
-/// Statuses per commit (two ops each), from the store's batch hint: bounds
+/// Statuses per commit (two ops each, and the bodies of the effective
+/// configs they are the first to name), from the store's batch hint: bounds
 /// commit size and the work redone on conflict.
 fn batch_size(store: &Store) -> usize {
     (store.batch_hint() / 2).max(1)
@@ -52,6 +57,9 @@ pub struct StatusWriter {
 struct Inner {
     // std Mutex: held only to insert or swap the map, never across await.
     pending: Mutex<HashMap<String, Pending>>,
+    /// Effective-config bodies this writer stored lately, by hash.
+    recent: Recent,
+    clock: Arc<dyn Clock>,
     notify: Notify,
 }
 
@@ -122,9 +130,11 @@ impl StatusWriter {
     /// Start the writer loop on the instance's tasks. At a stop it ends
     /// after the commit in progress (never dropped half-way, so the store is
     /// not left busy); what is still pending is for `flush`.
-    pub fn start(store: Store, index: Arc<FleetIndex>, tasks: &Tasks) -> Self {
+    pub fn start(store: Store, index: Arc<FleetIndex>, clock: Arc<dyn Clock>, tasks: &Tasks) -> Self {
         let inner = Arc::new(Inner {
             pending: Mutex::new(HashMap::new()),
+            recent: Recent::default(),
+            clock,
             notify: Notify::new(),
         });
         let w = StatusWriter {
@@ -155,7 +165,7 @@ impl StatusWriter {
                         break;
                     }
                     let count = batch.len();
-                    let failed = write(&store, batch).await;
+                    let failed = write(&store, &inner, batch).await;
                     written += count - failed.len();
                     if failed.is_empty() {
                         delay = RETRY_FIRST;
@@ -181,7 +191,7 @@ impl StatusWriter {
     /// Write whatever is pending now, on the caller's task (shutdown).
     /// Returns how many statuses could not be stored.
     pub async fn flush(&self, store: &Store) -> usize {
-        let failed = write(store, self.inner.take()).await;
+        let failed = write(store, &self.inner, self.inner.take()).await;
         let n = failed.len();
         self.inner.requeue(failed);
         n
@@ -210,17 +220,21 @@ impl StatusWriter {
     }
 
     /// The bodies of a collector's effective config with this hash, from
-    /// the status still pending or the stored one (views show them; the
-    /// session keeps only the hash).
+    /// the status still pending, those stored for the hash, or (written
+    /// before bodies had their own table) the stored status (views show
+    /// them; the session keeps only the hash).
     pub async fn effective_files(&self, store: &Store, id: &str, hash: &str) -> Option<EffectiveFiles> {
         let bodies = |s: &CollectorStatus| {
             s.effective_config
                 .as_ref()
-                .filter(|e| e.hash == hash)
+                .filter(|e| e.hash == hash && !e.files.is_empty())
                 .map(|e| e.files.clone())
         };
-        let pending = self.inner.pending().get(id).filter(|p| !p.keep_bodies).cloned();
-        if let Some(files) = pending.and_then(|p| bodies(&p.status)) {
+        let pending = self.inner.pending().get(id).and_then(|p| bodies(&p.status));
+        if pending.is_some() {
+            return pending;
+        }
+        if let Some(files) = bodies::read(store, hash).await.ok()? {
             return Some(files);
         }
         let stored = store.get::<CollectorStatus>(id).await.ok()??;
@@ -229,57 +243,89 @@ impl StatusWriter {
 }
 
 /// Write statuses in chunks; returns those that failed to commit.
-async fn write(store: &Store, mut batch: Vec<Pending>) -> Vec<Pending> {
+async fn write(store: &Store, inner: &Inner, mut batch: Vec<Pending>) -> Vec<Pending> {
     let mut failed = Vec::new();
     while !batch.is_empty() {
         // Moved, not cloned: a chunk of an APPLIED storm is 512 statuses
         // with their effective configs.
         let rest = batch.split_off(batch.len().min(batch_size(store)));
-        if let Err(mut chunk) = write_chunk(store, std::mem::replace(&mut batch, rest)).await {
+        if let Err(mut chunk) = write_chunk(store, inner, std::mem::replace(&mut batch, rest)).await {
             failed.append(&mut chunk);
         }
     }
     failed
 }
 
-/// Fill in the bodies a status kept from the stored one (same hash); a
-/// status whose stored bodies are for another config is written without
-/// bodies (its hash is still right).
-async fn fill_bodies(store: &Store, chunk: &mut [Pending]) -> Result<(), StorageError> {
-    for p in chunk.iter_mut().filter(|p| p.keep_bodies) {
-        let stored = store.get::<CollectorStatus>(&p.status.collector_id).await?;
-        if let (Some(new), Some(old)) = (
-            p.status.effective_config.as_mut(),
-            stored.and_then(|s| s.value.effective_config),
-        ) {
-            if new.hash == old.hash {
-                new.files = old.files;
-            }
+/// The bodies a chunk stores with its statuses, by hash: each effective
+/// config's that this writer did not store lately, from the status that
+/// carries them, else (a status carrying only its hash) those already
+/// stored for the hash, stored again (their age is what the sweep goes
+/// by), or those its stored status carries (written before bodies had
+/// their own table). A hash whose bodies are found nowhere is stored
+/// without bodies (views then show none).
+async fn bodies_to_store(store: &Store, recent: &Recent, chunk: &[Pending]) -> Result<bodies::Carried, StorageError> {
+    let mut out = bodies::Carried::new();
+    // Hashes whose stored bodies were looked up, once per chunk (a
+    // reconnecting fleet hands over thousands of statuses naming one).
+    let mut looked_up = std::collections::HashSet::new();
+    for p in chunk {
+        let Some(e) = p.status.effective_config.as_ref() else {
+            continue;
+        };
+        if out.contains_key(&e.hash) || recent.is_fresh(&e.hash) {
+            continue;
         }
-        p.keep_bodies = false;
+        if !e.files.is_empty() {
+            out.insert(e.hash.clone(), e.files.clone());
+            continue;
+        }
+        let stored = if looked_up.insert(e.hash.as_str()) {
+            bodies::read(store, &e.hash).await?
+        } else {
+            None
+        };
+        let files = match stored {
+            Some(files) => Some(files),
+            None => store
+                .get::<CollectorStatus>(&p.status.collector_id)
+                .await?
+                .and_then(|s| s.value.effective_config)
+                .filter(|old| old.hash == e.hash && !old.files.is_empty())
+                .map(|old| old.files),
+        };
+        if let Some(files) = files {
+            out.insert(e.hash.clone(), files);
+        }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// The put of a status, without its bodies (taken out for the encoding and
+/// put back: a chunk that fails is queued again, bodies and all).
+fn put_status(s: &mut CollectorStatus) -> Result<Op, StorageError> {
+    let files = s.effective_config.as_mut().map(|e| std::mem::take(&mut e.files));
+    let op = Op::put(&s.collector_id, &*s, Expect::Any);
+    if let (Some(e), Some(files)) = (s.effective_config.as_mut(), files) {
+        e.files = files;
+    }
+    op
 }
 
 /// Write statuses of collectors that still exist; a collector deregistered
 /// meanwhile makes the commit conflict on its key, and is dropped. Any
 /// other failure hands the chunk back.
-async fn write_chunk(store: &Store, mut chunk: Vec<Pending>) -> Result<(), Vec<Pending>> {
-    if fill_bodies(store, &mut chunk).await.is_err() {
+async fn write_chunk(store: &Store, inner: &Inner, mut chunk: Vec<Pending>) -> Result<(), Vec<Pending>> {
+    let Ok(carried) = bodies_to_store(store, &inner.recent, &chunk).await else {
         return Err(chunk);
-    }
+    };
+    let now = inner.clock.now();
     while !chunk.is_empty() {
-        let ops: Result<Vec<Op>, StorageError> = chunk
-            .iter()
-            .map(|p| &p.status)
-            .flat_map(|s| {
-                [
-                    Ok(Op::check::<Collector>(&s.collector_id, Expect::Present)),
-                    Op::put(&s.collector_id, s, Expect::Any),
-                ]
-            })
-            .collect();
-        let ops = match ops {
+        let mut ops: Vec<Result<Op, StorageError>> = carried.iter().map(|(h, f)| bodies::put(h, f, now)).collect();
+        for p in chunk.iter_mut() {
+            ops.push(Ok(Op::check::<Collector>(&p.status.collector_id, Expect::Present)));
+            ops.push(put_status(&mut p.status));
+        }
+        let ops = match ops.into_iter().collect::<Result<Vec<Op>, StorageError>>() {
             Ok(ops) => ops,
             // Cannot succeed on a retry either.
             Err(e) => {
@@ -288,7 +334,10 @@ async fn write_chunk(store: &Store, mut chunk: Vec<Pending>) -> Result<(), Vec<P
             }
         };
         match store.commit(ops).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                inner.recent.stored(carried.keys());
+                return Ok(());
+            }
             Err(StorageError::Conflict {
                 table: Table::Collectors,
                 key,
@@ -312,7 +361,7 @@ mod tests {
 
         // The writer's commit fails, as a lost connection would.
         store.fail_commit_touching(Table::CollectorStatus, &id, 1);
-        let w = StatusWriter::start(store.clone(), Arc::default(), &Tasks::new());
+        let w = StatusWriter::start(store.clone(), Arc::default(), Arc::new(crate::clock::SystemClock), &Tasks::new());
         w.put(CollectorStatus {
             collector_id: id.clone(),
             connected: true,
@@ -335,15 +384,17 @@ mod tests {
 
     /// A status carrying only the effective config's hash (a session's)
     /// keeps the bodies handed over before it: still pending, or stored.
+    /// Statuses are stored without bodies; the bodies of a hash once.
     #[tokio::test]
-    async fn a_status_without_bodies_keeps_those_pending_or_stored() {
-        use crate::domain::EffectiveConfigView;
+    async fn statuses_name_bodies_stored_once_per_config() {
+        use crate::domain::{EffectiveConfigBodies, EffectiveConfigView};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
         let id = super::super::testing::collector(&store).await.collector.key;
-        let w = StatusWriter::start(store.clone(), Arc::default(), &Tasks::new());
-        let status = |files: &[(&str, &str)], healthy: bool| CollectorStatus {
-            collector_id: id.clone(),
+        let other = super::super::testing::collector(&store).await.collector.key;
+        let w = StatusWriter::start(store.clone(), Arc::default(), Arc::new(crate::clock::SystemClock), &Tasks::new());
+        let status = |id: &str, files: &[(&str, &str)], healthy: bool| CollectorStatus {
+            collector_id: id.into(),
             connected: healthy,
             effective_config: Some(EffectiveConfigView {
                 hash: "h1".into(),
@@ -351,9 +402,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let stored = |want_connected: bool| {
+        let stored = |id: &str, want_connected: bool| {
             let store = store.clone();
-            let id = id.clone();
+            let id = id.to_string();
             async move {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
                 loop {
@@ -367,19 +418,71 @@ mod tests {
             }
         };
         // Both handed over before a write: the second takes the first's bodies.
-        w.put(status(&[("c.yaml", "body")], false));
-        w.put_keeping_bodies(status(&[], true));
-        let s = stored(true).await;
-        assert_eq!(s.effective_config.unwrap().files["c.yaml"], "body");
-        // After the write: the stored bodies stay.
-        w.put_keeping_bodies(status(&[], false));
-        let s = stored(false).await;
-        assert_eq!(s.effective_config.unwrap().files["c.yaml"], "body");
-        assert_eq!(
-            w.effective_files(&store, &id, "h1").await.unwrap()["c.yaml"],
-            "body",
-            "views read the bodies by hash"
-        );
+        w.put(status(&id, &[("c.yaml", "body")], false));
+        w.put_keeping_bodies(status(&id, &[], true));
+        let s = stored(&id, true).await.effective_config.unwrap();
+        assert_eq!(s.hash, "h1");
+        assert!(s.files.is_empty(), "the status names its bodies by hash");
+        let bodies = store.get::<EffectiveConfigBodies>("h1").await.unwrap().unwrap();
+        assert_eq!(bodies.value.files["c.yaml"], "body");
+        // After the write: the stored bodies stay, and a second collector
+        // reporting the same config stores no second copy.
+        w.put_keeping_bodies(status(&id, &[], false));
+        w.put(status(&other, &[("c.yaml", "body")], true));
+        stored(&id, false).await;
+        stored(&other, true).await;
+        let all = store.scan::<EffectiveConfigBodies>(Default::default()).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].version, bodies.version, "not stored again");
+        for id in [&id, &other] {
+            assert_eq!(
+                w.effective_files(&store, id, "h1").await.unwrap()["c.yaml"],
+                "body",
+                "views read the bodies by hash"
+            );
+        }
         assert!(w.effective_files(&store, &id, "h2").await.is_none());
+    }
+
+    /// A status stored with its bodies inline (before bodies had their own
+    /// table) still shows them, and its next write moves them there.
+    #[tokio::test]
+    async fn bodies_stored_inline_move_to_their_table() {
+        use crate::domain::{EffectiveConfigBodies, EffectiveConfigView};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
+        let id = super::super::testing::collector(&store).await.collector.key;
+        let mut old = CollectorStatus {
+            collector_id: id.clone(),
+            effective_config: Some(EffectiveConfigView {
+                hash: "h1".into(),
+                files: Arc::new([("c.yaml".to_string(), "inline".to_string())].into()),
+            }),
+            ..Default::default()
+        };
+        store.commit(vec![Op::put(&id, &old, Expect::Any).unwrap()]).await.unwrap();
+        let w = StatusWriter::start(store.clone(), Arc::default(), Arc::new(crate::clock::SystemClock), &Tasks::new());
+        assert_eq!(w.effective_files(&store, &id, "h1").await.unwrap()["c.yaml"], "inline");
+
+        old.connected = true;
+        if let Some(e) = old.effective_config.as_mut() {
+            e.files = Arc::default();
+        }
+        w.put_keeping_bodies(old);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !store
+            .get::<CollectorStatus>(&id)
+            .await
+            .unwrap()
+            .is_some_and(|s| s.value.connected)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let bodies = store.get::<EffectiveConfigBodies>("h1").await.unwrap().unwrap();
+        assert_eq!(bodies.value.files["c.yaml"], "inline");
+        let s = store.get::<CollectorStatus>(&id).await.unwrap().unwrap().value;
+        assert!(s.effective_config.unwrap().files.is_empty());
+        assert_eq!(w.effective_files(&store, &id, "h1").await.unwrap()["c.yaml"], "inline");
     }
 }

@@ -54,10 +54,12 @@ pub enum Table {
     CollectorTelemetry,
     /// Fleet-wide config control: the emergency override.
     ConfigControl,
+    /// Effective-config bodies by hash, named by collector statuses.
+    EffectiveConfigs,
 }
 
 impl Table {
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Collectors,
         Table::CollectorCredentials,
         Table::CollectorStatus,
@@ -72,6 +74,7 @@ impl Table {
         Table::ConfigAssignments,
         Table::CollectorTelemetry,
         Table::ConfigControl,
+        Table::EffectiveConfigs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +93,7 @@ impl Table {
             Table::ConfigAssignments => "config_assignments",
             Table::CollectorTelemetry => "collector_telemetry",
             Table::ConfigControl => "config_control",
+            Table::EffectiveConfigs => "effective_configs",
         }
     }
 }
