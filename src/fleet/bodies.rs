@@ -48,9 +48,7 @@ impl Recent {
     }
 
     pub fn is_fresh(&self, hash: &str) -> bool {
-        self.map()
-            .get(hash)
-            .is_some_and(|at| at.elapsed() < FRESH_FOR)
+        self.map().get(hash).is_some_and(|at| at.elapsed() < FRESH_FOR)
     }
 
     /// Note hashes whose bodies were just committed.

@@ -112,8 +112,13 @@ impl Fleet {
             let store = self.inner.domain.store();
             match super::bodies::sweep(store, self.inner.domain.clock().now()).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(count = n, "Removed the bodies of effective configs no collector reports any more."),
-                Err(e) => tracing::warn!(error = %e, "Could not sweep effective-config bodies; the next sweep retries."),
+                Ok(n) => tracing::info!(
+                    count = n,
+                    "Removed the bodies of effective configs no collector reports any more."
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not sweep effective-config bodies; the next sweep retries.")
+                }
             }
         }
     }

@@ -361,7 +361,12 @@ mod tests {
 
         // The writer's commit fails, as a lost connection would.
         store.fail_commit_touching(Table::CollectorStatus, &id, 1);
-        let w = StatusWriter::start(store.clone(), Arc::default(), Arc::new(crate::clock::SystemClock), &Tasks::new());
+        let w = StatusWriter::start(
+            store.clone(),
+            Arc::default(),
+            Arc::new(crate::clock::SystemClock),
+            &Tasks::new(),
+        );
         w.put(CollectorStatus {
             collector_id: id.clone(),
             connected: true,
@@ -392,7 +397,12 @@ mod tests {
         let store = Store::open_embedded(&dir.path().join("s.redb")).await.unwrap();
         let id = super::super::testing::collector(&store).await.collector.key;
         let other = super::super::testing::collector(&store).await.collector.key;
-        let w = StatusWriter::start(store.clone(), Arc::default(), Arc::new(crate::clock::SystemClock), &Tasks::new());
+        let w = StatusWriter::start(
+            store.clone(),
+            Arc::default(),
+            Arc::new(crate::clock::SystemClock),
+            &Tasks::new(),
+        );
         let status = |id: &str, files: &[(&str, &str)], healthy: bool| CollectorStatus {
             collector_id: id.into(),
             connected: healthy,
@@ -460,8 +470,16 @@ mod tests {
             }),
             ..Default::default()
         };
-        store.commit(vec![Op::put(&id, &old, Expect::Any).unwrap()]).await.unwrap();
-        let w = StatusWriter::start(store.clone(), Arc::default(), Arc::new(crate::clock::SystemClock), &Tasks::new());
+        store
+            .commit(vec![Op::put(&id, &old, Expect::Any).unwrap()])
+            .await
+            .unwrap();
+        let w = StatusWriter::start(
+            store.clone(),
+            Arc::default(),
+            Arc::new(crate::clock::SystemClock),
+            &Tasks::new(),
+        );
         assert_eq!(w.effective_files(&store, &id, "h1").await.unwrap()["c.yaml"], "inline");
 
         old.connected = true;
