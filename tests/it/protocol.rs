@@ -63,7 +63,24 @@ async fn fleet_applies(transport: SimTransport, n: usize) {
     wait_summary(&s.base, &token, |v| v["config"]["applied"] == n).await;
     let hashes: std::collections::BTreeSet<_> = sim.stats().into_iter().map(|a| a.config_hash).collect();
     assert_eq!(hashes.len(), 1, "everyone has the same hash");
+
+    // The detail shows the effective config each reported, while connected
+    // and after it went away (read from the store, where its bodies are
+    // stored once for the fleet).
+    let id = sim.stats()[0].collector_id.clone();
+    let reported = |d: &Value| {
+        d["status"]["effective_config"]["files"]
+            .as_object()
+            .is_some_and(|f| f.values().any(|b| b.as_str().is_some_and(|b| b.contains("# v2"))))
+    };
+    let d = wait_until_detail(&s.base, &token, &id, |d| d["status"]["connected"] == true).await;
+    assert!(reported(&d), "{d}");
     sim.stop();
+    // A polling agent has no connection to lose: it times out later.
+    if !matches!(transport, SimTransport::Http) {
+        let d = wait_until_detail(&s.base, &token, &id, |d| d["status"]["connected"] == false).await;
+        assert!(reported(&d), "{d}");
+    }
     s.stop().await;
 }
 
