@@ -73,5 +73,5 @@ async fn rotate_credential(
     Auth(a): Auth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RotatedCredential>, ApiError> {
-    Ok(Json(s.domain.rotate_credential(&a, &id).await?))
+    Ok(Json(s.fleet.rotate_credential(&a, &id).await?))
 }

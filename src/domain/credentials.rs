@@ -81,7 +81,14 @@ impl Domain {
     /// AcceptsOpAMPConnectionSettings gets the new one delivered on its
     /// session with an overlap; for any other the new credential is returned
     /// and the old ones are revoked at once (the operator installs it).
-    pub async fn rotate_credential(&self, actor: &Actor, collector_id: &str) -> Result<RotatedCredential, DomainError> {
+    /// `live_capabilities`: those of its session on this instance, if any
+    /// (`Fleet::rotate_credential`); else those of its stored status.
+    pub async fn rotate_credential(
+        &self,
+        actor: &Actor,
+        collector_id: &str,
+        live_capabilities: Option<u64>,
+    ) -> Result<RotatedCredential, DomainError> {
         match actor {
             Actor::Collector { id } if id == collector_id => {}
             _ => actor.require(Role::Editor)?,
@@ -92,11 +99,15 @@ impl Domain {
                 id: collector_id.into(),
             });
         };
-        let accepts = self
-            .store
-            .get::<CollectorStatus>(collector_id)
-            .await?
-            .is_some_and(|s| s.value.capabilities & ACCEPTS_OPAMP_CONNECTION_SETTINGS != 0);
+        let capabilities = match live_capabilities {
+            Some(c) => c,
+            None => self
+                .store
+                .get::<CollectorStatus>(collector_id)
+                .await?
+                .map_or(0, |s| s.value.capabilities),
+        };
+        let accepts = capabilities & ACCEPTS_OPAMP_CONNECTION_SETTINGS != 0;
         if accepts {
             return self.request_delivered_rotation(actor, cur).await;
         }

@@ -284,7 +284,7 @@ async fn delivered_rotation_keeps_the_old_credential_for_the_overlap() {
         .await
         .unwrap();
 
-    let r = d.rotate_credential(&Actor::System, &a).await.unwrap();
+    let r = d.rotate_credential(&Actor::System, &a, None).await.unwrap();
     assert_eq!(
         (r.delivery.as_str(), r.credential.is_none()),
         ("connection_settings", true)
@@ -304,7 +304,7 @@ async fn delivered_rotation_keeps_the_old_credential_for_the_overlap() {
 
     // Another rotation; this time the agent connects with the new one:
     // the old one is revoked at once.
-    d.rotate_credential(&Actor::System, &a).await.unwrap();
+    d.rotate_credential(&Actor::System, &a, None).await.unwrap();
     let second = d.issue_offered_credential(&a).await.unwrap();
     assert!(d.authenticate_collector(&offered.credential).await.is_ok());
     let c = d.authenticate_collector(&second.credential).await.unwrap();

@@ -249,6 +249,24 @@ impl Fleet {
         self.inner.sessions.len()
     }
 
+    /// Rotate a collector's credential (`Domain::rotate_credential`),
+    /// choosing the delivery by the capabilities of its session here when
+    /// this instance holds one: the stored status learns them a moment
+    /// after the agent reported them (the status writer), and a rotation in
+    /// that moment would hand an agent that takes connection settings a
+    /// credential to install by hand, revoking the one it runs with.
+    pub async fn rotate_credential(
+        &self,
+        actor: &crate::domain::Actor,
+        collector_id: &str,
+    ) -> Result<crate::domain::RotatedCredential, DomainError> {
+        let live = match self.inner.sessions.get(collector_id) {
+            Some((ctx, _)) => Some(ctx.lock().await.agent.status.capabilities),
+            None => None,
+        };
+        self.inner.domain.rotate_credential(actor, collector_id, live).await
+    }
+
     /// The in-memory status of a collector whose session this instance holds
     /// (fresher than the stored one: it has the latest `last_seen`).
     /// The session holds only the effective config's hash: its bodies are
@@ -266,5 +284,42 @@ impl Fleet {
             }
         }
         Some((status, desired))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing;
+    use super::*;
+    use crate::domain::credentials::ACCEPTS_OPAMP_CONNECTION_SETTINGS;
+    use crate::domain::{Actor, Role};
+    use crate::proto::opamp_msgs as pb;
+    use crate::storage::Table;
+
+    /// A rotation right after the agent reported that it takes connection
+    /// settings goes by its session: its stored status does not say so yet
+    /// (the status writer's commit failed and waits for a retry).
+    #[tokio::test]
+    async fn a_rotation_goes_by_the_capabilities_the_session_just_reported() {
+        let f = testing::fleet().await;
+        let auth = testing::collector(&f.store).await;
+        let id = auth.collector.key.clone();
+        let uid = uuid::Uuid::parse_str(&id).unwrap().as_bytes().to_vec();
+        f.store.fail_commit_touching(Table::CollectorStatus, &id, 1);
+        let (conn, _rx) = f.fleet.open_stream(auth, Transport::Grpc).await.unwrap();
+        let hello = pb::AgentToServer {
+            instance_uid: uid,
+            sequence_num: 1,
+            capabilities: ACCEPTS_OPAMP_CONNECTION_SETTINGS,
+            ..Default::default()
+        };
+        f.fleet.handle_stream(&conn, hello).await.unwrap();
+        let admin = Actor::User {
+            name: "admin".into(),
+            role: Role::Admin,
+        };
+        let r = f.fleet.rotate_credential(&admin, &id).await.unwrap();
+        assert_eq!(r.delivery, "connection_settings");
+        assert!(r.credential.is_none(), "nothing to install by hand");
     }
 }

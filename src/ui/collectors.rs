@@ -543,7 +543,7 @@ async fn pin(
 /// `POST …/rotate-credential`. A credential returned in the answer is shown
 /// once, on this page (never in a URL).
 async fn rotate(State(s): State<Arc<AppState>>, v: Viewer, Path(id): Path<String>) -> Result<Response, UiError> {
-    let r = s.domain.rotate_credential(&v.actor, &id).await?;
+    let r = s.fleet.rotate_credential(&v.actor, &id).await?;
     let Some(secret) = r.credential else {
         return Ok(back(&id, "rotated"));
     };
