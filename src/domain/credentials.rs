@@ -77,6 +77,15 @@ impl Domain {
         }
     }
 
+    /// Who may rotate a collector's credential: an editor, or the
+    /// collector itself.
+    pub fn may_rotate(actor: &Actor, collector_id: &str) -> Result<(), DomainError> {
+        match actor {
+            Actor::Collector { id } if id == collector_id => Ok(()),
+            _ => Ok(actor.require(Role::Editor)?),
+        }
+    }
+
     /// Rotate a collector's credential. An agent that (last) reported
     /// AcceptsOpAMPConnectionSettings gets the new one delivered on its
     /// session with an overlap; for any other the new credential is returned
@@ -89,10 +98,7 @@ impl Domain {
         collector_id: &str,
         live_capabilities: Option<u64>,
     ) -> Result<RotatedCredential, DomainError> {
-        match actor {
-            Actor::Collector { id } if id == collector_id => {}
-            _ => actor.require(Role::Editor)?,
-        }
+        Self::may_rotate(actor, collector_id)?;
         let Some(cur) = self.store.get::<Collector>(collector_id).await? else {
             return Err(DomainError::NotFound {
                 what: "collector",

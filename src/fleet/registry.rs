@@ -260,6 +260,9 @@ impl Fleet {
         actor: &crate::domain::Actor,
         collector_id: &str,
     ) -> Result<crate::domain::RotatedCredential, DomainError> {
+        // Before looking at the session: whether this instance holds one is
+        // nobody else's business.
+        crate::domain::Domain::may_rotate(actor, collector_id)?;
         let live = match self.inner.sessions.get(collector_id) {
             Some((ctx, _)) => Some(ctx.lock().await.agent.status.capabilities),
             None => None,
