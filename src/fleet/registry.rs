@@ -232,16 +232,39 @@ impl Fleet {
 
     pub(super) fn disconnected(&self, entry: Entry) {
         self.inner.metrics.connected_collectors.dec();
-        let writer = self.inner.writer.clone();
+        let fleet = self.clone();
         let now = self.inner.domain.clock().now();
         // Graceful: not cut short by a stop, so the disconnect is queued
         // for the final flush.
         self.inner.tasks.spawn_graceful("disconnect", |_| async move {
             let mut status = entry.ctx.lock().await.agent.status.clone();
+            if let Some(newer) = fleet.connected_elsewhere(&status).await {
+                // An old session noticed late (a half-open connection, at
+                // the liveness timeout): the collector connected through
+                // another instance since, and storing it disconnected would
+                // hide that until that instance next stores its status.
+                fleet.inner.index.put_status(&status.collector_id, Some(&newer));
+                return;
+            }
             status.connected = false;
             status.last_seen = Some(now);
-            writer.put_keeping_bodies(status);
+            fleet.inner.writer.put_keeping_bodies(status);
         });
+    }
+
+    /// The stored status of a collector whose session `ours` was, when it
+    /// says the collector connected to another instance after `ours` began.
+    async fn connected_elsewhere(&self, ours: &CollectorStatus) -> Option<CollectorStatus> {
+        let stored = self
+            .inner
+            .domain
+            .store()
+            .get::<CollectorStatus>(&ours.collector_id)
+            .await
+            .ok()??
+            .value;
+        (stored.connected && stored.instance != ours.instance && stored.connected_at > ours.connected_at)
+            .then_some(stored)
     }
 
     /// Sessions held by this instance.

@@ -478,6 +478,50 @@ async fn wait_until_detail(base: &str, token: &str, id: &str, pred: impl Fn(&Val
     .await
 }
 
+/// A collector that came back through instance b while instance a still
+/// held its old session (a half-open connection a notices late): when a
+/// lets the old session go, the collector stays connected on b, instead of
+/// a storing it disconnected over b's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_old_session_ending_late_leaves_the_collector_connected_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = pair(dir.path()).await;
+    let admin_a = admin(&a.base).await;
+    let api = api_token(&a.base, &admin_a).await;
+    let (id, cred) = enroll_one(&a.base, &admin_a).await;
+    let stored = |instance: &'static str| {
+        let store = a.store.clone();
+        let id = id.clone();
+        async move {
+            poll_json(
+                "the stored status",
+                async || {
+                    let s = store.get::<CollectorStatus>(&id).await.unwrap();
+                    serde_json::to_value(s.map(|s| s.value)).unwrap()
+                },
+                |s| s["connected"] == true && s["instance"] == instance,
+            )
+            .await
+        }
+    };
+    let (old_tx, mut old) = grpc_session(&a.grpc, &cred, &uid_bytes(&id)).await.unwrap();
+    assert!(old.message().await.unwrap().is_some());
+    stored("a").await;
+    // Back through b, while a's stream is still open.
+    let (_new_tx, mut new) = grpc_session(&b.grpc, &cred, &uid_bytes(&id)).await.unwrap();
+    assert!(new.message().await.unwrap().is_some());
+    stored("b").await;
+
+    // a notices the old stream ended.
+    drop(old_tx);
+    drop(old);
+    wait_summary(&a.base, &api, |v| v["connected"] == 1 && v["instances"]["b"] == 1).await;
+    a.stop().await;
+    let s = b.store.get::<CollectorStatus>(&id).await.unwrap().unwrap().value;
+    assert!(s.connected && s.instance == "b", "{s:?}");
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopping_instance_hands_its_collectors_back_at_once() {
     let dir = tempfile::tempdir().unwrap();
