@@ -79,6 +79,17 @@ pub(super) async fn read(store: &Store, hash: &str) -> Result<Option<EffectiveFi
     Ok(store.get::<EffectiveConfigBodies>(hash).await?.map(|b| b.value.files))
 }
 
+/// The bodies collector `id`'s stored status carries inline for `hash`
+/// (a status written before bodies had their own table).
+pub(super) async fn inline(store: &Store, id: &str, hash: &str) -> Result<Option<EffectiveFiles>, StorageError> {
+    Ok(store
+        .get::<CollectorStatus>(id)
+        .await?
+        .and_then(|s| s.value.effective_config)
+        .filter(|e| e.hash == hash && !e.files.is_empty())
+        .map(|e| e.files))
+}
+
 /// The bodies of a status's effective config: carried by the status itself
 /// (one written before bodies had their own table, or not yet stored), else
 /// those stored for its hash.

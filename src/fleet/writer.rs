@@ -237,8 +237,7 @@ impl StatusWriter {
         if let Some(files) = bodies::read(store, hash).await.ok()? {
             return Some(files);
         }
-        let stored = store.get::<CollectorStatus>(id).await.ok()??;
-        bodies(&stored.value)
+        bodies::inline(store, id, hash).await.ok()?
     }
 }
 
@@ -286,12 +285,7 @@ async fn bodies_to_store(store: &Store, recent: &Recent, chunk: &[Pending]) -> R
         };
         let files = match stored {
             Some(files) => Some(files),
-            None => store
-                .get::<CollectorStatus>(&p.status.collector_id)
-                .await?
-                .and_then(|s| s.value.effective_config)
-                .filter(|old| old.hash == e.hash && !old.files.is_empty())
-                .map(|old| old.files),
+            None => bodies::inline(store, &p.status.collector_id, &e.hash).await?,
         };
         if let Some(files) = files {
             out.insert(e.hash.clone(), files);
